@@ -1,0 +1,46 @@
+"""The unit that flows from the model to every output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FPS = 30
+SAMPLE_RATE = 16_000
+
+
+def frame_end_sample(k: int) -> int:
+    """First 16 kHz sample index *after* frame ``k``: frame k depicts [k/30, (k+1)/30) s.
+
+    ``ceil((k + 1) * 16000 / 30)`` in integers, so frame boundaries are exact
+    for any length of stream (30 frames per 16000 samples, no drift).
+    """
+    return -((-(k + 1) * SAMPLE_RATE) // FPS)
+
+
+def frames_complete(samples: int) -> int:
+    """How many whole frames ``samples`` 16 kHz samples cover."""
+    return (samples * FPS) // SAMPLE_RATE
+
+
+@dataclass(slots=True)
+class FaceFrame:
+    """One published face: frame ``number`` depicts audio [number/30, (number+1)/30) s.
+
+    ``values`` are the 52 ARKit weights in Epic's order (``blendshapes.ARKIT_NAMES``);
+    ``head`` the 9 Live Link head/eye values (degrees / 180), zeros unless a stage sets them.
+    ``capture_time`` is the ``time.monotonic()`` at which the frame's last audio sample was
+    captured, so ``send_time - capture_time`` is the latency a viewer sees.
+    """
+
+    number: int
+    values: np.ndarray
+    capture_time: float
+    head: np.ndarray
+    subject: str = ""
+
+    @property
+    def stream_time(self) -> float:
+        """Start of the frame on the audio clock, in seconds."""
+        return self.number / FPS
