@@ -88,7 +88,7 @@ class ModelConfig:
     providers: list[str] = _opt(("cuda", "cpu"), _providers, "execution providers, in order")
     window_s: float = _opt(1.0, _window, "seconds of audio the model sees per call")
     threads: int = _opt(0, _non_negative, "ONNX Runtime intra-op threads; 0 = one per core")
-    fallback: str | None = _opt(None, doc="preset to load when this one fails to load")
+    fallback: str | None = _opt("wav2arkit", doc='preset loaded when this one fails ("" = none)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +149,11 @@ class BridgeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     post: PostConfig = field(default_factory=PostConfig)
-    outputs: tuple[OutputConfig, ...] = (OutputConfig(kind="livelink"),)
+    outputs: tuple[OutputConfig, ...] = (
+        OutputConfig(kind="livelink"),
+        OutputConfig(kind="osc"),
+        OutputConfig(kind="zmq"),
+    )
     source: str = "<defaults>"
 
     def replace(self, **changes: Any) -> BridgeConfig:

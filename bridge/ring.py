@@ -105,11 +105,18 @@ class SampleRing:
     def capture_time(self, frame_index: int) -> float:
         """Arrival time of the block holding frame ``frame_index`` (consumer side).
 
-        Queries must be non-decreasing; blocks older than ``time_slots`` are forgotten.
+        Cheapest when queries move forward (the usual case); blocks older than
+        ``time_slots`` are forgotten and answer with the oldest time still held.
         """
         blocks = self.blocks
-        b = max(self._clock_block, blocks - self._slots)
-        while b < blocks - 1 and self._block_end[b % self._slots] <= frame_index:
+        if blocks == 0:
+            return 0.0
+        slots = self._slots
+        lowest = max(0, blocks - slots)
+        b = min(max(self._clock_block, lowest), blocks - 1)
+        while b > lowest and self._block_end[(b - 1) % slots] > frame_index:
+            b -= 1
+        while b < blocks - 1 and self._block_end[b % slots] <= frame_index:
             b += 1
         self._clock_block = b
-        return float(self._block_time[b % self._slots])
+        return float(self._block_time[b % slots])

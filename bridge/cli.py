@@ -1,0 +1,201 @@
+"""Command line: ``a2e-bridge run | devices | models synth | bench``.
+
+Every command turns a :class:`BridgeError` into one line on stderr and exit
+status 2; nothing a user does should end in a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bridge import __version__
+from bridge.config import BridgeConfig, load_config
+from bridge.errors import BridgeError
+
+log = logging.getLogger("bridge")
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print BridgeErrors as one line and exit non-zero."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BridgeError as e:
+            click.echo(f"a2e-bridge: error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="a2e-bridge: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="a2e-bridge")
+def main() -> None:
+    """Realtime audio -> LAM Audio-to-Expression -> ARKit face frames (Live Link, OSC, ZeroMQ)."""
+
+
+def apply_overrides(
+    cfg: BridgeConfig, *, input_file: str | None = None, device: str | None = None,
+    model: str | None = None, realtime: bool | None = None,
+) -> BridgeConfig:  # fmt: skip
+    """Command-line options over the config file."""
+    from bridge.model.presets import PRESETS
+
+    inp, mdl = cfg.input, cfg.model
+    if input_file is not None and device is not None:
+        raise BridgeError("give either --input FILE or --device NAME, not both")
+    if input_file is not None:
+        inp = _replace(inp, kind="file", file=input_file)
+    if device is not None:
+        dev: str | int = int(device) if device.isdigit() else device
+        inp = _replace(inp, kind="device", device=dev)
+    if realtime is not None:
+        inp = _replace(inp, realtime=realtime)
+    if model is not None:
+        if model in PRESETS:
+            mdl = _replace(mdl, preset=model, path=None)
+        elif model.endswith(".onnx") or Path(model).exists():
+            mdl = _replace(mdl, path=model)
+        else:
+            raise BridgeError(
+                f"--model {model!r} is neither a preset ({', '.join(PRESETS)}) nor an .onnx file"
+            )
+    return cfg.replace(input=inp, model=mdl)
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    try:
+        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise BridgeError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config file (default: built-in defaults, see configs/default.toml)")
+@click.option("--input", "input_file", metavar="FILE", help="read audio from FILE instead of a device")
+@click.option("--device", metavar="NAME", help="capture from this input device (name or index)")
+@click.option("--model", metavar="PRESET|PATH", help="model preset (e.g. synthetic) or .onnx path")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="stop after this many seconds of audio")
+@click.option("--raw", is_flag=True, help="bypass all post-processing")
+@click.option("--fast", is_flag=True, help="file input: as fast as possible, not real time")
+@click.option("--stats", "stats_path", metavar="FILE", help="write a JSON summary here on exit")
+@click.option("-v", "--verbose", is_flag=True)
+@_friendly
+def run(config_path: str | None, input_file: str | None, device: str | None, model: str | None,
+        duration: float | None, raw: bool, fast: bool, stats_path: str | None,
+        verbose: bool) -> None:  # fmt: skip
+    """Run the bridge until the input ends, --duration passes, or Ctrl-C."""
+    from bridge.pipeline import Bridge
+
+    _setup_logging(verbose)
+    cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device,
+                          model=model, realtime=False if fast else None)  # fmt: skip
+    bridge = Bridge(cfg, raw=raw, duration=duration)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("%s", bridge.describe())
+    try:
+        stats = bridge.run(stop).as_dict()
+    finally:
+        bridge.close()
+    log.info(
+        "published %d of %d frames (%d dropped); latency p50 %s ms, p99 %s ms",
+        stats["frames_published"], stats["frames_expected"], stats["frames_dropped"],
+        stats["latency_ms"]["p50"], stats["latency_ms"]["p99"],
+    )  # fmt: skip
+    if stats_path:
+        _write_json(stats_path, stats)
+
+
+@main.command()
+@_friendly
+def devices() -> None:
+    """List audio input devices with their rates and channel counts."""
+    from bridge.sources.device import describe_devices
+
+    click.echo(describe_devices())
+
+
+@main.group()
+def models() -> None:
+    """Model files: build synthetic ones."""
+
+
+@models.command("synth")
+@click.option("--kind", type=click.Choice(["lam", "wav2arkit"]), default="lam", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True)
+@click.option("--oracle", is_flag=True, help="build the oracle test model instead")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="graph file to write (weights go to OUT.data)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def models_synth(kind: str, size: str, oracle: bool, out: str, seed: int) -> None:
+    """Build a synthetic model with the real model's interface (no download needed)."""
+    from bridge.model.graph import count_parameters, find_layernorm_chains
+    from bridge.model.synth import synthesize
+
+    click.echo(f"building {'oracle ' if oracle else ''}{kind} ({size}) ...", err=True)
+    path = synthesize(kind, size, out, oracle=oracle, seed=seed)
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    click.echo(
+        f"wrote {path} ({count_parameters(m) / 1e6:.1f} M parameters, "
+        f"{len(find_layernorm_chains(m))} decomposed LayerNorm chains)"
+    )
+
+
+@main.command()
+@click.option("--model", default="synthetic-full", show_default=True, metavar="PRESET|PATH")
+@click.option("--seconds", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option("--json", "json_path", metavar="FILE", help="write the results here")
+@click.option("--input", "input_file", metavar="FILE",
+              help="audio file to play (default: a speech-like 48 kHz signal)")
+@click.option("--providers", default=None, metavar="LIST", help="e.g. cuda,cpu (default: config)")
+@click.option("--lookahead", type=click.IntRange(min=0), default=None, help="lookahead_frames")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False))
+@_friendly
+def bench(model: str, seconds: float, json_path: str | None, input_file: str | None,
+          providers: str | None, lookahead: int | None, config_path: str | None) -> None:  # fmt: skip
+    """Run the whole pipeline from a file at real-time pace into all outputs and report."""
+    from bridge.bench import run_bench
+
+    _setup_logging(False)
+    result = run_bench(model=model, seconds=seconds, input_file=input_file,
+                       providers=providers, lookahead=lookahead,
+                       config=load_config(config_path))  # fmt: skip
+    click.echo(json.dumps(result, indent=2))
+    if json_path:
+        _write_json(json_path, result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,156 @@
+"""ONNX Runtime session for one model, checked against its description.
+
+The runner owns everything model-specific: provider choice (and reporting the
+provider that *actually* runs, since ONNX Runtime falls back to CPU silently),
+the identity input, warm-up, and mapping the blendshape outputs by name into
+the bridge's canonical order.  The hop loop just hands it a window of audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bridge.blendshapes import NUM_BLENDSHAPES, model_to_canonical
+from bridge.errors import BridgeError
+from bridge.model.description import FAMILIES, ModelDescription
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+def choose_providers(wanted: tuple[str, ...] | list[str]) -> list[str]:
+    """The wanted providers this onnxruntime build has, in order (CPU always last resort)."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    chosen = [PROVIDER_NAMES[w.lower()] for w in wanted if PROVIDER_NAMES[w.lower()] in available]
+    skipped = [w for w in wanted if PROVIDER_NAMES[w.lower()] not in available]
+    if skipped:
+        log.info("providers not in this onnxruntime build, skipped: %s", ", ".join(skipped))
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class ModelRunner:
+    """Runs windows of 16 kHz audio through one ONNX model."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        description: ModelDescription,
+        *,
+        providers: tuple[str, ...] | list[str] = ("cuda", "cpu"),
+        threads: int = 0,
+        identity: int = 0,
+        window_samples: int = 16000,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.description = description
+        self.window_samples = window_samples
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning worker threads steal the core the audio callback needs (models.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        t0 = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=choose_providers(providers)
+            )
+        except Exception as e:  # ORT raises several pybind types; all mean "cannot load"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BridgeError(f"cannot load model {self.path}: {first}") from None
+        self.load_seconds = time.perf_counter() - t0
+        self.provider = self.session.get_providers()[0]
+        self._check_interface()
+        self._to_canonical = model_to_canonical(description.output_order)
+        self._feeds: dict[str, np.ndarray] = {}
+        if description.identity_input:
+            onehot = np.zeros((1, description.identity_classes), dtype=np.float32)
+            onehot[0, identity] = 1.0
+            self._feeds[description.identity_input] = onehot
+        self._outputs = [description.blendshapes_output]
+        if description.asr_output:
+            self._outputs.append(description.asr_output)
+        self.last_asr_logits: np.ndarray | None = None
+        self.frames_per_window = 0
+        self._mapped = np.zeros((0, NUM_BLENDSHAPES), dtype=np.float32)
+        self.warmup()
+
+    def _check_interface(self) -> None:
+        d = self.description
+        ins = {i.name: i for i in self.session.get_inputs()}
+        outs = {o.name: o for o in self.session.get_outputs()}
+        want_in = {d.audio_input} | ({d.identity_input} if d.identity_input else set())
+        want_out = {d.blendshapes_output} | ({d.asr_output} if d.asr_output else set())
+        if set(ins) != want_in or not want_out <= set(outs):
+            guess = next(
+                (f for f, fd in FAMILIES.items() if f != d.family and set(ins) ==
+                 {fd.audio_input} | ({fd.identity_input} if fd.identity_input else set())),
+                None,
+            )  # fmt: skip
+            hint = f"; it looks like a {guess} model: set [model] preset = \"{guess}\"" if guess else ""
+            raise BridgeError(
+                f"model {self.path} does not match the {d.family} description: "
+                f"inputs {sorted(ins)} (expected {sorted(want_in)}), "
+                f"outputs {sorted(outs)} (expected {sorted(want_out)}){hint}"
+            )
+        audio_shape = ins[d.audio_input].shape
+        if len(audio_shape) != 2:
+            raise BridgeError(
+                f"model {self.path}: input {d.audio_input!r} has shape {audio_shape}; "
+                "expected [batch, samples]"
+            )
+        fixed = audio_shape[1]
+        if isinstance(fixed, int) and fixed != self.window_samples:
+            raise BridgeError(
+                f"model {self.path} takes exactly {fixed} samples per call but the window is "
+                f"{self.window_samples}; set [model] window_s = {fixed / d.sample_rate:g}"
+            )
+        bs = outs[d.blendshapes_output].shape
+        if len(bs) != 3 or (isinstance(bs[2], int) and bs[2] != NUM_BLENDSHAPES):
+            raise BridgeError(
+                f"model {self.path}: output {d.blendshapes_output!r} has shape {bs}; "
+                "expected [batch, frames, 52]"
+            )
+
+    def warmup(self, runs: int = 2) -> None:
+        """Run zeros through the model so the first real hop pays no allocation or tuning cost."""
+        zeros = np.zeros(self.window_samples, dtype=np.float32)
+        for _ in range(runs):
+            self.infer(zeros)
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        """Blendshapes for one window, ``(frames, 52)`` in canonical order.
+
+        The returned array is reused by the next call: copy what must outlive it.
+        """
+        self._feeds[self.description.audio_input] = window.reshape(1, -1)
+        results = self.session.run(self._outputs, self._feeds)
+        raw = results[0][0]
+        if raw.shape[0] != self._mapped.shape[0]:
+            self._mapped = np.zeros((raw.shape[0], NUM_BLENDSHAPES), dtype=np.float32)
+            self.frames_per_window = raw.shape[0]
+        np.take(raw, self._to_canonical, axis=1, out=self._mapped)
+        if len(results) > 1:
+            self.last_asr_logits = results[1][0]
+        return self._mapped

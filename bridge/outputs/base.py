@@ -1,0 +1,133 @@
+"""What every output is made of: a pure encoder, a non-blocking transport, and the pair.
+
+Encoders turn a :class:`~bridge.frame.FaceFrame` into bytes and never touch a socket, so
+their wire format is tested byte for byte without a network.  Transports only move bytes
+and never block the hop loop: a slow or absent receiver costs a counted drop, not a late
+frame for every other output.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Protocol
+
+import numpy as np
+
+from bridge.errors import BridgeError
+from bridge.frame import FaceFrame
+
+#: Anything a transport accepts: ``bytes``, ``bytearray`` or a ``memoryview`` of either.
+Buffer = bytes | bytearray | memoryview
+
+
+class Encoder(Protocol):
+    """FaceFrame -> wire bytes.  Pure: no sockets, no clocks."""
+
+    def encode(self, frame: FaceFrame) -> bytes:
+        """A fresh, immutable copy of the packet (safe to keep)."""
+        ...
+
+    def encode_view(self, frame: FaceFrame) -> memoryview:
+        """The packet without a copy; valid only until the next ``encode*`` call."""
+        ...
+
+
+class Transport(Protocol):
+    """Moves bytes; never blocks the caller and never raises on a failed send."""
+
+    def send(self, data: Buffer) -> None: ...
+
+    def close(self) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+def wrap_int32(n: int) -> int:
+    """``n`` as the int32 a receiver reads (two's complement wrap), so a very long run never
+    makes ``struct`` raise on the hot path (2**31 frames at 30 fps is 2.3 years)."""
+    return ((n + 0x8000_0000) & 0xFFFF_FFFF) - 0x8000_0000
+
+
+def inverse_permutation(perm: np.ndarray) -> np.ndarray:
+    """``dst[inv] = src`` equals ``dst = src[perm]``: lets encoders mirror while scattering
+    straight into their output buffer (no temporary array per frame)."""
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm), dtype=perm.dtype)
+    return inv
+
+
+class UdpTransport:
+    """A non-blocking UDP sender to one destination, resolved once at construction.
+
+    Every failed ``sendto`` (full socket buffer, ICMP port unreachable reported as
+    ``ECONNREFUSED``, a packet too large, no route) is counted in ``errors``; the last one
+    is kept in ``last_error`` for diagnostics.  Nothing is raised to the hop loop.
+    """
+
+    def __init__(self, host: str, port: int, *, label: str = "udp") -> None:
+        self.label = label
+        self.sent = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (socket.gaierror, UnicodeError) as e:
+            why = getattr(e, "strerror", None) or str(e)
+            raise BridgeError(
+                f"{label} output: cannot resolve host {host!r} ({why}); set output.host to an "
+                "IP address or a host name this machine can resolve"
+            ) from None
+        except OverflowError:
+            raise BridgeError(
+                f"{label} output: port {port} is not a port number; set output.port to 1..65535"
+            ) from None
+        family, _, proto, _, addr = infos[0]
+        self.address: tuple = addr
+        self._sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+        self._sock.setblocking(False)
+
+    def send(self, data: Buffer) -> None:
+        """Send one datagram now or count why not."""
+        try:
+            self._sock.sendto(data, self.address)
+        except OSError as e:
+            self.errors += 1
+            self.last_error = errno.errorcode.get(e.errno or 0, type(e).__name__)
+        else:
+            self.sent += 1
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def stats(self) -> dict[str, int]:
+        return {"sent": self.sent, "errors": self.errors}
+
+
+class Output:
+    """One configured destination: an encoder and a transport under a readable name."""
+
+    def __init__(self, name: str, encoder: Encoder, transport: Transport) -> None:
+        self.name = name
+        self.encoder = encoder
+        self.transport = transport
+
+    def publish(self, frame: FaceFrame) -> None:
+        """Encode and hand off one frame.  Uses the zero-copy view: transports send
+        synchronously (the kernel or libzmq copies), so the view is never kept."""
+        self.transport.send(self.encoder.encode_view(frame))
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def stats(self) -> dict[str, int]:
+        return self.transport.stats()
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Output({self.name!r})"

@@ -1,0 +1,122 @@
+"""OSC bundles: ``arkit`` (one address per blendshape) and ``vmc`` (VMC protocol).
+
+The bundle is built once with python-osc's builders (so its framing is python-osc's, not
+ours), then the byte offset of every float argument is located; per frame the 52 floats
+are scattered into the template with one numpy assignment and the frame number with one
+``pack_into``.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Literal
+
+import numpy as np
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from bridge.blendshapes import EPIC_NAMES, NUM_BLENDSHAPES, mirror_permutation
+from bridge.errors import BridgeError
+from bridge.frame import FaceFrame
+from bridge.outputs.base import inverse_permutation, wrap_int32
+
+OscScheme = Literal["arkit", "vmc"]
+SCHEMES: tuple[str, ...] = ("arkit", "vmc")
+
+ARKIT_PREFIX = "/arkit/"
+ARKIT_FRAME_ADDRESS = "/arkit/frame"
+VMC_VALUE_ADDRESS = "/VMC/Ext/Blend/Val"
+VMC_APPLY_ADDRESS = "/VMC/Ext/Blend/Apply"
+
+_BUNDLE_HEADER = 16  # "#bundle\0" + 8-byte time tag
+_I32 = struct.Struct(">i")
+_F32 = struct.Struct(">f")
+
+
+def _messages(scheme: str) -> list[OscMessageBuilder]:
+    """The bundle's messages, float slots filled with their index (checked below)."""
+    msgs = []
+    for i, name in enumerate(EPIC_NAMES):
+        if scheme == "arkit":
+            m = OscMessageBuilder(ARKIT_PREFIX + name)
+        else:
+            m = OscMessageBuilder(VMC_VALUE_ADDRESS)
+            m.add_arg(name, OscMessageBuilder.ARG_TYPE_STRING)
+        m.add_arg(float(i), OscMessageBuilder.ARG_TYPE_FLOAT)
+        msgs.append(m)
+    if scheme == "arkit":
+        m = OscMessageBuilder(ARKIT_FRAME_ADDRESS)
+        m.add_arg(0x5A5A5A5A, OscMessageBuilder.ARG_TYPE_INT)
+    else:
+        m = OscMessageBuilder(VMC_APPLY_ADDRESS)
+    msgs.append(m)
+    return msgs
+
+
+def _last_arg_offsets(dgram: bytes) -> list[int]:
+    """Offset of the last 4 bytes of every bundle element (where its last argument lives)."""
+    offsets, pos = [], _BUNDLE_HEADER
+    while pos < len(dgram):
+        (size,) = _I32.unpack_from(dgram, pos)
+        pos += 4 + size
+        offsets.append(pos - 4)
+    return offsets
+
+
+class OscEncoder:
+    """FaceFrame -> one OSC bundle (time tag "immediately") per frame.
+
+    ``arkit``: ``/arkit/<EpicName> f`` for each of the 52 shapes, then ``/arkit/frame i``.
+    ``vmc``: ``/VMC/Ext/Blend/Val s f`` for each of the 52, then ``/VMC/Ext/Blend/Apply``.
+    ``encode`` returns fresh ``bytes``; ``encode_view`` a view of the template, valid until
+    the next call.  ``mirror`` swaps every Left/Right value (names stay in place).
+    """
+
+    def __init__(self, scheme: OscScheme = "arkit", mirror: bool = False) -> None:
+        if scheme not in SCHEMES:
+            raise BridgeError(f"osc output: scheme {scheme!r} is not known; use arkit or vmc")
+        self.scheme = scheme
+        self.mirror = mirror
+        bundle = OscBundleBuilder(IMMEDIATELY)
+        for m in _messages(scheme):
+            bundle.add_content(m.build())
+        dgram = bundle.build().dgram
+        offsets = _last_arg_offsets(dgram)
+        # Trust, but verify: every float slot must hold the index it was built with.
+        for i in range(NUM_BLENDSHAPES):
+            if _F32.unpack_from(dgram, offsets[i])[0] != float(i):
+                raise RuntimeError(f"OSC template: float {i} not at offset {offsets[i]}")
+        self._buf = bytearray(dgram)
+        self._view = memoryview(self._buf)
+        self._frame_at: int | None = None
+        if scheme == "arkit":
+            self._frame_at = offsets[NUM_BLENDSHAPES]
+            if _I32.unpack_from(dgram, self._frame_at)[0] != 0x5A5A5A5A:
+                raise RuntimeError("OSC template: frame number not found")
+            _I32.pack_into(self._buf, self._frame_at, 0)
+        value_at = np.asarray(offsets[:NUM_BLENDSHAPES], dtype=np.intp)
+        if mirror:
+            # Value i goes where its mirror name's message is: fold the swap into the scatter.
+            value_at = value_at[inverse_permutation(mirror_permutation(EPIC_NAMES))]
+        self._bytes_at = value_at[:, None] + np.arange(4, dtype=np.intp)  # (52, 4)
+        self._u8 = np.frombuffer(self._buf, dtype=np.uint8)
+        self._scratch = np.zeros(NUM_BLENDSHAPES, dtype=">f4")
+        self._scratch_u8 = self._scratch.view(np.uint8).reshape(NUM_BLENDSHAPES, 4)
+        self._u8[self._bytes_at] = self._scratch_u8  # template starts at all zeros
+
+    @property
+    def size(self) -> int:
+        """Bytes per bundle."""
+        return len(self._buf)
+
+    def encode_view(self, frame: FaceFrame) -> memoryview:
+        """Patch the 52 floats (and the frame number) into the template; return a view."""
+        self._scratch[:] = frame.values
+        self._u8[self._bytes_at] = self._scratch_u8
+        if self._frame_at is not None:
+            _I32.pack_into(self._buf, self._frame_at, wrap_int32(frame.number))
+        return self._view
+
+    def encode(self, frame: FaceFrame) -> bytes:
+        """Like :meth:`encode_view`, as an independent ``bytes`` copy."""
+        return bytes(self.encode_view(frame))

@@ -1,0 +1,154 @@
+"""ZeroMQ PUB output: single-part messages ``topic + b" " + payload``.
+
+Single-part on purpose: ``ZMQ_CONFLATE`` (keep only the newest message) works only with
+single-part messages, and a subscriber that wants the latest face wants exactly that.
+The payload is JSON (any language, no schema) or the Live Link Face packet bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+from typing import Literal
+
+import numpy as np
+import zmq
+
+from bridge.blendshapes import EPIC_NAMES, NUM_BLENDSHAPES, mirror_permutation
+from bridge.errors import BridgeError
+from bridge.frame import FPS, FaceFrame
+from bridge.outputs.base import Buffer, inverse_permutation
+from bridge.outputs.livelink import LiveLinkEncoder
+
+ZmqFormat = Literal["json", "livelink"]
+FORMATS: tuple[str, ...] = ("json", "livelink")
+
+#: Significant digits of each JSON value: float32 carries ~7.
+_VALUE_FORMAT = "%.7g"
+
+
+def _check_topic(topic: str) -> None:
+    if " " in topic:
+        raise BridgeError(
+            f"zmq output: topic {topic!r} contains a space, which separates topic from "
+            "payload; choose a topic without spaces (output.topic)"
+        )
+
+
+class ZmqEncoder:
+    """FaceFrame -> ``topic + b" " + payload`` for a PUB socket.
+
+    ``json``: ``{"subject", "frame", "time", "names", "values"}`` built from a precomputed
+    %-template (the names and key text are constant); a non-finite value is written as
+    ``null`` so the JSON stays standard.  ``livelink``: the exact
+    :class:`~bridge.outputs.livelink.LiveLinkEncoder` packet, patched in place behind the
+    topic.  ``encode`` returns ``bytes``; ``encode_view`` a view valid until the next call.
+    """
+
+    def __init__(
+        self,
+        format: ZmqFormat = "json",
+        topic: str = "a2e",
+        subject: str = "A2EBridge",
+        device_id: str = "a2e-bridge",
+        mirror: bool = False,
+    ) -> None:
+        if format not in FORMATS:
+            raise BridgeError(f"zmq output: format {format!r} is not known; use json or livelink")
+        _check_topic(topic)
+        self.format = format
+        self.topic = topic
+        self.subject = subject
+        self.mirror = mirror
+        self._livelink: LiveLinkEncoder | None = None
+        if format == "livelink":
+            self._livelink = LiveLinkEncoder(
+                subject, device_id, mirror, prefix=topic.encode() + b" "
+            )
+            return
+
+        def lit(obj: object) -> str:  # a constant JSON fragment, safe inside a %-template
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("%", "%%")
+
+        values = ",".join([_VALUE_FORMAT] * NUM_BLENDSHAPES)
+        self._template = (
+            topic.replace("%", "%%")
+            + ' {"subject":'
+            + lit(subject)
+            + ',"frame":%d,"time":%r,"names":'
+            + lit(list(EPIC_NAMES))
+            + ',"values":['
+            + values
+            + "]}"
+        )
+        self._scratch = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
+        self._dst: slice | np.ndarray = (
+            inverse_permutation(mirror_permutation(EPIC_NAMES)) if mirror else slice(None)
+        )
+
+    def encode(self, frame: FaceFrame) -> bytes:
+        """One complete message as ``bytes``."""
+        if self._livelink is not None:
+            return self._livelink.encode(frame)
+        self._scratch[self._dst] = frame.values
+        text = self._template % (frame.number, frame.number / FPS, *self._scratch.tolist())
+        start = text.rfind('"values":[')
+        if "n" in text[start:]:  # nan / inf (a formatted finite number has no 'n')
+            fixed = re.sub(r"-?inf|nan", "null", text[start:])
+            text = text[:start] + fixed
+        return text.encode()
+
+    def encode_view(self, frame: FaceFrame) -> memoryview:
+        """The message without an extra copy where the format allows (livelink)."""
+        if self._livelink is not None:
+            return self._livelink.encode_view(frame)
+        return memoryview(self.encode(frame))
+
+
+class ZmqPubTransport:
+    """A PUB socket bound to ``endpoint`` that never blocks the caller.
+
+    ``send`` uses ``NOBLOCK``; a refused message (``zmq.Again``) is counted in ``dropped``.
+    Note that PUB itself drops silently, per subscriber, once that subscriber's queue holds
+    ``sndhwm`` messages, so ``sent`` counts messages handed to libzmq.  With no subscriber
+    every message is discarded at once.  ``linger`` is 0: closing never waits for a reader.
+    Not thread-safe (a ZeroMQ socket): publish from one thread, the hop loop.
+    """
+
+    def __init__(self, endpoint: str, sndhwm: int = 30, *, label: str = "zmq") -> None:
+        self.endpoint = endpoint
+        self.sent = 0
+        self.dropped = 0
+        self._sock = zmq.Context.instance().socket(zmq.PUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            self._sock.close(linger=0)
+            if e.errno == errno.EADDRINUSE:
+                why = "address already in use"
+            else:
+                why = (e.strerror or str(e)).lower()
+            raise BridgeError(
+                f"{label} output: cannot bind {endpoint}: {why}; choose another endpoint "
+                "(output.endpoint), e.g. tcp://127.0.0.1:5556"
+            ) from None
+        #: The endpoint actually bound (resolves a ``*`` port, e.g. ``tcp://127.0.0.1:*``).
+        self.last_endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def send(self, data: Buffer) -> None:
+        """Queue one single-part message, or count it dropped; never waits."""
+        try:
+            self._sock.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+        else:
+            self.sent += 1
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+    def stats(self) -> dict[str, int]:
+        return {"sent": self.sent, "dropped": self.dropped}

@@ -1,0 +1,234 @@
+"""The daemon: wires source -> ring -> scheduler -> model -> post-processing -> outputs.
+
+``Bridge`` only connects stages and runs the hop loop; each stage lives in its
+own module.  The hop loop runs in the caller's thread; the source fills its
+ring from its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
+from bridge.config import BridgeConfig, InputConfig, ModelConfig
+from bridge.errors import BridgeError
+from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
+from bridge.model.presets import description_for, get_preset, locate_model
+from bridge.model.runner import ModelRunner
+from bridge.outputs import build_output
+from bridge.outputs.base import Output
+from bridge.postprocess import build_post_chain
+from bridge.sources.base import AudioSource
+from bridge.stats import RunStats
+from bridge.stream import InputStream
+
+log = logging.getLogger(__name__)
+
+#: How long the hop loop sleeps when no frame is ready (bounds added latency).
+POLL_S = 0.001
+#: How often a progress line is logged.
+STATUS_EVERY_S = 10.0
+
+
+def build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource:
+    """The configured audio source (``sounddevice`` is imported only for devices)."""
+    if cfg.kind == "file":
+        if not cfg.file:
+            raise BridgeError("input.kind = \"file\" needs input.file (or --input FILE)")
+        from bridge.sources.file import FileSource
+
+        return FileSource(cfg.file, realtime=cfg.realtime, blocksize=cfg.blocksize,
+                          ring_seconds=cfg.ring_seconds, max_seconds=duration)  # fmt: skip
+    from bridge.sources.device import DeviceSource
+
+    channels = None if cfg.channel == "mix" else int(cfg.channel) + 1
+    return DeviceSource(cfg.device, samplerate=cfg.samplerate, channels=channels,
+                        blocksize=cfg.blocksize, ring_seconds=cfg.ring_seconds)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    runner: ModelRunner
+    preset: str
+    fallback_reason: str | None = None
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Load the configured model; on failure load ``fallback`` (if set) and say why."""
+    window = round(cfg.window_s * SAMPLE_RATE)
+    order = resolve_order(cfg.output_order) if cfg.output_order is not None else None
+
+    def _load(preset_name: str, path: str | None) -> ModelRunner:
+        preset = get_preset(preset_name)
+        return ModelRunner(locate_model(preset, path), description_for(preset, order),
+                           providers=cfg.providers, threads=cfg.threads,
+                           identity=cfg.identity, window_samples=window)  # fmt: skip
+
+    try:
+        return LoadedModel(_load(cfg.preset, cfg.path), cfg.preset)
+    except BridgeError as e:
+        if not cfg.fallback or cfg.fallback == cfg.preset:
+            raise
+        log.warning("model %s failed to load (%s); falling back to %s", cfg.preset, e, cfg.fallback)
+        try:
+            return LoadedModel(_load(cfg.fallback, None), cfg.fallback, fallback_reason=str(e))
+        except BridgeError as e2:
+            raise BridgeError(f"{e} -- and the fallback {cfg.fallback!r} failed too: {e2}") from None
+
+
+FrameHook = Callable[[FaceFrame], None]
+
+
+class Bridge:
+    """One running bridge: an input, a model, the post chain and the outputs."""
+
+    def __init__(
+        self,
+        cfg: BridgeConfig,
+        *,
+        raw: bool = False,
+        duration: float | None = None,
+        on_frame: FrameHook | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.on_frame = on_frame
+        self.model = load_model(cfg.model)
+        self.runner = self.model.runner
+        self.post = build_post_chain(cfg.post, raw=raw)
+        window_frames = round(cfg.model.window_s * FPS)
+        if cfg.schedule.lookahead_frames >= window_frames:
+            raise BridgeError(
+                f"{cfg.source}: schedule.lookahead_frames = {cfg.schedule.lookahead_frames} must be "
+                f"smaller than the window ({window_frames} frames for model.window_s = {cfg.model.window_s})"
+            )
+        self.outputs: list[Output] = []
+        try:
+            self.outputs = [build_output(o) for o in cfg.outputs]
+            source = build_source(cfg.input, duration)
+        except BaseException:
+            self.close()
+            raise
+        limit = round(duration * SAMPLE_RATE) if duration is not None else None
+        self.stream = InputStream(source, channel=cfg.input.channel,
+                                  window_samples=self.runner.window_samples,
+                                  window_frames=window_frames,
+                                  lookahead=cfg.schedule.lookahead_frames,
+                                  limit_samples=limit)  # fmt: skip
+        self.realtime = cfg.input.kind == "device" or cfg.input.realtime
+        self.max_latency_s = cfg.schedule.max_latency_ms / 1000.0
+        self.stats = RunStats(provider=self.runner.provider, model=self.model.preset)
+        if self.model.fallback_reason:
+            self.stats.extra["fallback_reason"] = self.model.fallback_reason
+        self._head = np.zeros(len(HEAD_EYE_NAMES), dtype=np.float32)
+        self._subject = next((o.subject for o in cfg.outputs), "")
+        self._est_inference_s = 0.0
+
+    def describe(self) -> str:
+        r = self.runner
+        outs = ", ".join(o.name for o in self.outputs) or "none"
+        return (
+            f"model {self.model.preset} ({r.path.name}) on {r.provider}, loaded in "
+            f"{r.load_seconds:.2f} s; input {self.stream.source.name} "
+            f"({self.stream.source.samplerate} Hz, {self.stream.source.channels} ch); outputs: {outs}"
+        )
+
+    # ---- the hop loop ---------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> RunStats:
+        """Run until the input ends, ``stop`` is set, or the duration is reached."""
+        stop = stop or threading.Event()
+        stream, sched, stats = self.stream, self.stream.scheduler, self.stats
+        source = stream.source
+        source.start()
+        next_status = time.monotonic() + STATUS_EVERY_S
+        try:
+            while not stop.is_set():
+                t_busy = time.perf_counter()
+                stream.pull()
+                if source.error:
+                    raise BridgeError(source.error)
+                oldest = self._oldest_in_time() if self.realtime else None
+                hop = sched.plan(stream.history.count, oldest)
+                if hop is None:
+                    stats.busy_s += time.perf_counter() - t_busy
+                    if stream.ended:
+                        break
+                    if time.monotonic() >= next_status:
+                        next_status += STATUS_EVERY_S
+                        self._log_status()
+                    time.sleep(POLL_S)
+                    continue
+                self._run_hop(hop)
+                sched.done(hop)
+                stats.busy_s += time.perf_counter() - t_busy
+        finally:
+            source.stop()
+        stats.frames_dropped = sched.dropped
+        stats.frames_expected = stream.frames_total
+        stats.extra.update(self._input_counters())
+        return stats
+
+    def _oldest_in_time(self) -> int | None:
+        """Oldest ready frame that can still be sent within ``max_latency_ms``."""
+        sched, stream = self.stream.scheduler, self.stream
+        ready = sched.ready(stream.history.count)
+        k = sched.next_frame
+        if ready <= k:
+            return None
+        deadline = time.monotonic() + self._est_inference_s - self.max_latency_s
+        while k < ready - 1 and stream.capture_time(frame_end_sample(k) - 1) < deadline:
+            k += 1
+        return k
+
+    def _run_hop(self, hop) -> None:
+        stats = self.stats
+        window = self.stream.history.window_ending(hop.window_end)
+        t0 = time.perf_counter()
+        out = self.runner.infer(window)
+        dt = time.perf_counter() - t0
+        stats.inference.add(dt * 1000.0)
+        stats.inference_s += dt
+        stats.inferences += 1
+        self._est_inference_s = dt if stats.inferences == 1 else 0.9 * self._est_inference_s + 0.1 * dt
+        frames = out.shape[0]
+        lo = frames - 1 - (hop.window_last_frame - hop.first)
+        block = out[lo : lo + hop.stride]
+        self.post.process(block)
+        for i in range(hop.stride):
+            number = hop.first + i
+            capture = self.stream.capture_time(frame_end_sample(number) - 1)
+            frame = FaceFrame(number, block[i], capture, self._head, self._subject)
+            for output in self.outputs:
+                output.publish(frame)
+            now = time.monotonic()
+            stats.record_send(now, (now - capture) * 1000.0)
+            if self.on_frame is not None:
+                self.on_frame(frame)
+
+    def _log_status(self) -> None:
+        s = self.stats
+        log.info(
+            "frames %d (dropped %d), latency p50 %s ms p99 %s ms, inference p50 %s ms",
+            s.frames_published, self.stream.scheduler.dropped, s.latency.percentile(50),
+            s.latency.percentile(99), s.inference.percentile(50),
+        )  # fmt: skip
+
+    def _input_counters(self) -> dict[str, object]:
+        ring = self.stream.source.ring
+        return {
+            "input": self.stream.source.name,
+            "input_overflows": ring.overflows,
+            "input_status_flags": ring.status_flags,
+            "ring_overruns": ring.overrun,
+            "nonfinite_samples": self.stream.conditioner.nonfinite_samples,
+            "outputs": {o.name: o.stats() for o in self.outputs},
+        }
+
+    def close(self) -> None:
+        for o in self.outputs:
+            o.close()

@@ -1,0 +1,1 @@
+"""Audio sources: each fills a :class:`~bridge.ring.SampleRing` from its own thread."""
