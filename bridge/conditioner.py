@@ -31,7 +31,11 @@ class PassThrough:
 
 
 class SoxrResampler:
-    """soxr's streaming resampler (high quality, state kept between blocks)."""
+    """soxr's streaming resampler (state kept between blocks) for non-integer ratios.
+
+    soxr holds back output while its filter fills (about 20 ms at 44.1 kHz, HQ),
+    which is latency; integer ratios therefore use :class:`FirDecimator`.
+    """
 
     def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE) -> None:
         import soxr
@@ -42,10 +46,52 @@ class SoxrResampler:
         return self._stream.resample_chunk(x, last=last)
 
 
-def make_resampler(in_rate: int) -> Resampler:
-    return PassThrough() if in_rate == SAMPLE_RATE else SoxrResampler(in_rate)
+class FirDecimator:
+    """Streaming integer-factor decimator (48, 32, 96 kHz -> 16 kHz) with ~1 ms delay.
 
+    A linear-phase Kaiser-windowed sinc low-pass (cut-off 7 kHz) evaluated only at
+    the kept samples.  Its group delay is a whole number of output samples, which
+    are dropped at the start and flushed with silence at the end, so output
+    sample j is aligned with input time j/16000 and no sample is lost.
+    """
 
+    def __init__(self, factor: int, half_taps_out: int = 16, cutoff_hz: float = 7000.0) -> None:
+        self.factor = factor
+        taps = 2 * half_taps_out * factor + 1
+        n = np.arange(taps) - (taps - 1) / 2
+        fc = cutoff_hz / (SAMPLE_RATE * factor)  # cycles per input sample
+        h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, 8.0)
+        self._h = (h / h.sum()).astype(np.float32)
+        self._delay_in = half_taps_out * factor
+        self._to_drop = half_taps_out  # outputs before the first aligned one
+        self._buf = np.zeros(taps - 1 + 4096, dtype=np.float32)
+        self._seen = 0  # input samples consumed so far
+
+    def process(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        if last:
+            x = np.concatenate([x, np.zeros(self._delay_in, dtype=np.float32)])
+        hist = self._h.shape[0] - 1
+        n = x.shape[0]
+        if hist + n > self._buf.shape[0]:
+            grown = np.zeros(hist + n, dtype=np.float32)
+            grown[:hist] = self._buf[:hist]
+            self._buf = grown
+        buf = self._buf[: hist + n]
+        buf[hist:] = x
+        first = (-self._seen) % self.factor  # next input index that is a multiple of factor
+        count = len(range(first, n, self.factor))
+        out = np.empty(count, dtype=np.float32)
+        if count:
+            # Rows of the strided view are the filter's inputs at each kept sample.
+            windows = np.lib.stride_tricks.sliding_window_view(buf, hist + 1)[first :: self.factor]
+            np.dot(windows, self._h[::-1], out=out)
+        self._buf[:hist] = buf[n : n + hist]
+        self._seen += n
+        if self._to_drop:
+            drop = min(self._to_drop, count)
+            self._to_drop -= drop
+            out = out[drop:]
+        return out
 class Conditioner:
     """Turns raw ring frames (n x channels, native rate) into 16 kHz mono float32."""
 

@@ -161,7 +161,7 @@ class Bridge:
                     if time.monotonic() >= next_status:
                         next_status += STATUS_EVERY_S
                         self._log_status()
-                    time.sleep(POLL_S)
+                    time.sleep(self._idle_wait())
                     continue
                 self._run_hop(hop)
                 sched.done(hop)
@@ -172,6 +172,13 @@ class Bridge:
         stats.frames_expected = stream.frames_total
         stats.extra.update(self._input_counters())
         return stats
+
+    def _idle_wait(self) -> float:
+        """Sleep until the next frame's audio can have arrived (at least ``POLL_S``)."""
+        stream = self.stream
+        nxt = stream.scheduler.next_frame + stream.scheduler.lookahead
+        missing = frame_end_sample(nxt) - stream.history.count
+        return min(max(POLL_S, missing / SAMPLE_RATE - 0.002), 0.010)
 
     def _oldest_in_time(self) -> int | None:
         """Oldest ready frame that can still be sent within ``max_latency_ms``."""

@@ -381,7 +381,7 @@ def test_zmq_address_in_use() -> None:
     msg = str(err.value)
     assert msg == (
         f"zmq output: cannot bind {first.last_endpoint}: address already in use; "
-        "choose another endpoint (output.endpoint), e.g. tcp://127.0.0.1:5556"
+        "choose another endpoint (output.endpoint)"
     )
 
 

@@ -39,6 +39,6 @@ def build_output(cfg: OutputConfig) -> Output:
         return Output(f"{label} {cfg.host}:{port}", enc, UdpTransport(cfg.host, port, label=label))
     if cfg.kind == "zmq":
         enc = ZmqEncoder(cfg.format, cfg.topic, cfg.subject, cfg.device_id, cfg.mirror)
-        transport = ZmqPubTransport(cfg.endpoint, label=f"zmq {cfg.format}")
+        transport = ZmqPubTransport(cfg.endpoint, label="zmq")
         return Output(f"zmq {cfg.format} {transport.last_endpoint}", enc, transport)
     raise BridgeError(f"output kind {cfg.kind!r} is not known; allowed: livelink, osc, zmq")

@@ -132,8 +132,8 @@ class ZmqPubTransport:
             else:
                 why = (e.strerror or str(e)).lower()
             raise BridgeError(
-                f"{label} output: cannot bind {endpoint}: {why}; choose another endpoint "
-                "(output.endpoint), e.g. tcp://127.0.0.1:5556"
+                f"{label} output: cannot bind {endpoint}: {why}; "
+                "choose another endpoint (output.endpoint)"
             ) from None
         #: The endpoint actually bound (resolves a ``*`` port, e.g. ``tcp://127.0.0.1:*``).
         self.last_endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)

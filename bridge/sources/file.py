@@ -55,7 +55,7 @@ class FileSource:
         if max_seconds is not None:
             self.frames_total = min(self.frames_total, int(round(max_seconds * self.samplerate)))
         self.realtime = realtime
-        self.blocksize = max(1, int(blocksize * self.samplerate / 16000))
+        self.blocksize = max(1, int(blocksize))
         capacity = max(int(self.samplerate * ring_seconds), 4 * self.blocksize)
         self.ring = SampleRing(capacity, self.channels)
         self._stop = threading.Event()
