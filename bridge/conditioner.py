@@ -92,6 +92,15 @@ class FirDecimator:
             self._to_drop -= drop
             out = out[drop:]
         return out
+def make_resampler(in_rate: int) -> Resampler:
+    """The lowest-latency resampler for ``in_rate`` -> 16 kHz."""
+    if in_rate == SAMPLE_RATE:
+        return PassThrough()
+    if in_rate % SAMPLE_RATE == 0:
+        return FirDecimator(in_rate // SAMPLE_RATE)
+    return SoxrResampler(in_rate)
+
+
 class Conditioner:
     """Turns raw ring frames (n x channels, native rate) into 16 kHz mono float32."""
 

@@ -102,7 +102,7 @@ class _Index:
         return None
 
     def reduce_axes(self, node: onnx.NodeProto) -> tuple[tuple[int, ...], int] | None:
-        """``(axes, keepdims)`` of a ReduceMean, with axes from the attribute or (opset 18) input."""
+        """``(axes, keepdims)`` of a ReduceMean; axes from the attribute or (opset 18) the input."""
         axes: tuple[int, ...] = ()
         keepdims = 1
         for attr in node.attribute:
@@ -229,7 +229,7 @@ def find_layernorm_chains(model: onnx.ModelProto) -> list[LayerNormChain]:
 
 
 def count_parameters(model: onnx.ModelProto) -> int:
-    """Elements in all initializers of the main graph, from their dims (weights need not be loaded)."""
+    """Elements in the main graph's initializers, from their dims (weights need not be loaded)."""
     graph = model.graph
     total = sum(math.prod(t.dims) for t in graph.initializer)
     total += sum(math.prod(s.dims) for s in graph.sparse_initializer)

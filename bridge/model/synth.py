@@ -146,7 +146,7 @@ class _Builder:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[TensorProto] = []
+        self.tensors: list[tuple[str, np.ndarray]] = []
         self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
         self._used: set[str] = set()
 
@@ -183,7 +183,7 @@ class _Builder:
 
     def tensor(self, name: str, arr: np.ndarray) -> str:
         self._used.add(name)
-        self.initializers.append(numpy_helper.from_array(arr, name))
+        self.tensors.append((name, arr))
         return name
 
     def const(self, value: float | list[int] | list[float] | np.ndarray,
@@ -260,6 +260,26 @@ class _Builder:
 
     def transpose(self, x: str, perm: list[int], name: str) -> str:
         return self.op("Transpose", [x], name, perm=perm)
+
+    def model(self, name: str, inputs: list[onnx.ValueInfoProto],
+              outputs: list[onnx.ValueInfoProto], **metadata: str) -> onnx.ModelProto:  # fmt: skip
+        """The finished model.  Weights are written straight into the model's own graph:
+        ``make_graph``/``make_model`` would copy all ~400 MB of ``full`` twice."""
+        graph = helper.make_graph(self.nodes, name, inputs, outputs)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+            producer_name="a2e-bridge.synth",
+            doc_string="synthetic model (random or oracle weights)",
+        )  # fmt: skip
+        helper.set_model_props(model, {"synthetic": "true", **metadata})
+        for tensor_name, arr in self.tensors:
+            t = model.graph.initializer.add()
+            t.name = tensor_name
+            t.data_type = TensorProto.FLOAT
+            t.dims.extend(arr.shape)
+            t.raw_data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        self.tensors.clear()
+        return model
 
 
 def _frames_graph(b: _Builder, audio: str, ceil: bool) -> tuple[str, str]:
@@ -403,18 +423,8 @@ def _build_a2e(family: Family, size: Size, seed: int) -> onnx.ModelProto:
                 desc.identity_input, TensorProto.FLOAT, ["batch", cfg.identity_classes]
             )
         )
-    graph = helper.make_graph(b.nodes, f"synthetic_{family}_{size}", inputs, outputs,
-                              initializer=b.initializers)  # fmt: skip
-    return _model(graph, family=family, kind=size, seed=str(seed))
-
-
-def _model(graph: onnx.GraphProto, **metadata: str) -> onnx.ModelProto:
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-        producer_name="a2e-bridge.synth", doc_string="synthetic model, random or oracle weights",
-    )  # fmt: skip
-    helper.set_model_props(model, {"synthetic": "true", **metadata})
-    return model
+    return b.model(f"synthetic_{family}_{size}", inputs, outputs, family=family, kind=size,
+                   seed=str(seed))  # fmt: skip
 
 
 def build_lam(size: Size, seed: int = 0) -> onnx.ModelProto:
@@ -490,12 +500,17 @@ def build_oracle(family: Family = "lam", window_samples: int = 16000,
             desc.blendshapes_output, TensorProto.FLOAT, [1, f, NUM_BLENDSHAPES]
         )
     )
-    graph = helper.make_graph(b.nodes, f"oracle_{family}", inputs, outputs,
-                              initializer=b.initializers)  # fmt: skip
     meta = {"family": family, "kind": "oracle", "window_samples": str(w)}
     if output_order is not None:
         meta["output_order"] = ",".join(resolve_order(tuple(output_order)))
-    return _model(graph, **meta)
+    return b.model(f"oracle_{family}", inputs, outputs, **meta)
+
+
+def _chmod_default(path: Path) -> None:
+    """Ordinary file permissions (onnx writes the weights file 0600): 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = True) -> Path:
@@ -523,9 +538,11 @@ def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = T
             del copy
             tmp_data = tmp / data_name
             tmp_data.touch()  # no tensor over the threshold: still write the (empty) pair
+            _chmod_default(tmp_data)
             os.replace(tmp_data, path.parent / data_name)
         else:
             onnx.save_model(model, tmp_graph)
+        _chmod_default(tmp_graph)
         os.replace(tmp_graph, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
