@@ -506,13 +506,6 @@ def build_oracle(family: Family = "lam", window_samples: int = 16000,
     return b.model(f"oracle_{family}", inputs, outputs, **meta)
 
 
-def _chmod_default(path: Path) -> None:
-    """Ordinary file permissions (onnx writes the weights file 0600): 0666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-
-
 def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = True) -> Path:
     """Write ``model`` to ``path`` (+ ``path.name + ".data"`` with external data), atomically.
 
@@ -538,11 +531,11 @@ def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = T
             del copy
             tmp_data = tmp / data_name
             tmp_data.touch()  # no tensor over the threshold: still write the (empty) pair
-            _chmod_default(tmp_data)
+            # onnx writes the weights 0600; give them the graph file's (umask-default) mode.
+            tmp_data.chmod(tmp_graph.stat().st_mode & 0o777)
             os.replace(tmp_data, path.parent / data_name)
         else:
             onnx.save_model(model, tmp_graph)
-        _chmod_default(tmp_graph)
         os.replace(tmp_graph, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,266 @@
+"""A real PortAudio capture device on a machine without a sound card.
+
+JACK's ``dummy`` driver gives a real-time clock with no hardware; the ALSA
+``jack`` plugin turns it into an ALSA capture PCM; ALSA's ``file`` plugin on top
+replaces the (silent) samples with those of a raw file.  PortAudio's ALSA host
+API sees the result as an ordinary input device whose callbacks arrive at a
+steady real-time pace and whose samples are known exactly, from sample 0 on
+every open.  See /work/shared/notes/virtual-mic.md.
+
+The chain, as an ALSA capture PCM named ``name``::
+
+    plug (S16_LE, 1 ch, rate)             what PortAudio opens, any format it asks
+      file (infile = raw S16_LE file)      replaces captured samples with the file's
+        plug                               the jack plugin is float-only
+          jack (system:capture_1)          paced by jackd -d dummy -r rate
+
+PortAudio initialisation: PortAudio enumerates (and probes, by opening them)
+ALSA devices once, in ``Pa_Initialize``, which ``import sounddevice`` calls.  So
+the ALSA config (``ALSA_CONFIG_PATH``) and the running jackd
+(``JACK_DEFAULT_SERVER``) must be in place *before* that, or PortAudio never
+lists the device.  Found to work here: :func:`virtual_mic` re-initialises
+PortAudio when ``sounddevice`` is already imported (``sounddevice._terminate()``
+then ``sounddevice._initialize()``, as many times as it was initialised); ALSA
+notices the changed ``ALSA_CONFIG_PATH`` and reloads its configuration on the
+next open, no ALSA call needed.  On exit it does the same around stopping jackd,
+and terminates PortAudio *before* killing jackd (PortAudio's JACK host API holds
+a client on the server).  Do not hold a stream open across the ``with`` block.
+
+Command line (used by ``scripts/virtual-mic.sh``)::
+
+    python -m tests.virtual_mic FILE.raw [RATE] [NAME]
+
+starts the same device for a person, prints the lines to export in the shell that
+runs ``a2e-bridge run --device NAME``, and keeps jackd running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import glob
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+ALSA_BASE_CONFIG = "/usr/share/alsa/alsa.conf"
+JACK_PERIOD = 256
+
+# The one copy of the ALSA configuration (the shell script reuses it via this module).
+ALSA_TEMPLATE = """\
+# Virtual microphone {name!r}: raw S16_LE file {raw}, paced by jackd (dummy driver).
+pcm.{name} {{
+    type plug
+    slave {{
+        pcm {{
+            type file
+            file "/dev/null"
+            infile "{raw}"
+            format "raw"
+            slave.pcm {{
+                type plug
+                slave.pcm {{
+                    type jack
+                    capture_ports {{ 0 system:capture_1 }}
+                    playback_ports {{ 0 system:playback_1 }}
+                }}
+            }}
+        }}
+        format S16_LE
+        channels 1
+        rate {rate}
+    }}
+}}
+"""
+
+
+def alsa_config(name: str, raw_path: str | Path, rate: int) -> str:
+    """ALSA config text defining capture PCM ``name`` that plays ``raw_path`` at ``rate``."""
+    raw = str(Path(raw_path).resolve())
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"device name {name!r}: use letters, digits and '_' only")
+    if any(c in raw for c in '"\\\n'):
+        raise ValueError(f"raw file path {raw!r} must not contain quotes, backslashes or newlines")
+    return ALSA_TEMPLATE.format(name=name, raw=raw, rate=int(rate))
+
+
+def unique_name() -> str:
+    """A fresh device name; all have the same length, so none is a prefix of another."""
+    return f"a2e_vmic_{secrets.token_hex(4)}"
+
+
+def _jack_plugin_present() -> bool:
+    patterns = ("/usr/lib/*/alsa-lib/", "/usr/lib/alsa-lib/", "/usr/lib64/alsa-lib/")
+    return any(glob.glob(p + "libasound_module_pcm_jack.so") for p in patterns)
+
+
+def virtual_mic_available() -> str | None:
+    """Why the virtual microphone cannot be built here (missing packages), or None."""
+    missing = [tool for tool in ("jackd", "jack_wait") if shutil.which(tool) is None]
+    if missing:
+        return f"{' and '.join(missing)} not found: apt-get install jackd2"
+    if not _jack_plugin_present():
+        return "ALSA jack plugin not found: apt-get install libasound2-plugins"
+    if ctypes.util.find_library("portaudio") is None:
+        return "PortAudio library not found: apt-get install libportaudio2"
+    if not os.path.exists(ALSA_BASE_CONFIG):
+        return f"{ALSA_BASE_CONFIG} not found: apt-get install libasound2"
+    return None
+
+
+def _portaudio_suspend() -> int:
+    """Terminate PortAudio if this process initialised it; return how many levels to restore."""
+    sd = sys.modules.get("sounddevice")
+    levels = 0
+    while sd is not None and sd._initialized > 0:
+        sd._terminate()
+        levels += 1
+    return levels
+
+
+def _portaudio_resume(levels: int) -> None:
+    """Re-initialise PortAudio ``levels`` times: it re-enumerates devices with the current env."""
+    sd = sys.modules.get("sounddevice")
+    for _ in range(levels):
+        sd._initialize()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End our own jackd and wait: a lingering one makes the next start fail."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def virtual_mic_file(
+    raw_path: str | Path, rate: int = 16000, name: str | None = None
+) -> Iterator[str]:
+    """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name.
+
+    Sets ``ALSA_CONFIG_PATH`` and ``JACK_DEFAULT_SERVER`` in ``os.environ`` for the
+    duration (restored afterwards) and re-initialises PortAudio if it is loaded.
+    The file does not loop: past its end the device repeats stale data.
+    """
+    reason = virtual_mic_available()
+    if reason is not None:
+        raise RuntimeError(f"virtual microphone unavailable: {reason}")
+    name = name or unique_name()
+    server = f"{name}_server"
+    keys = ("ALSA_CONFIG_PATH", "JACK_DEFAULT_SERVER")
+    saved = {k: os.environ.get(k) for k in keys}
+    with tempfile.TemporaryDirectory(prefix="a2e-vmic-") as tmp:
+        conf = Path(tmp) / "asound.conf"
+        conf.write_text(alsa_config(name, raw_path, rate))
+        log_path = Path(tmp) / "jackd.log"
+        levels = _portaudio_suspend()
+        os.environ["ALSA_CONFIG_PATH"] = f"{ALSA_BASE_CONFIG}:{conf}"
+        os.environ["JACK_DEFAULT_SERVER"] = server
+        env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    ["jackd", "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(JACK_PERIOD)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            ready = subprocess.run(
+                ["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, timeout=20
+            )
+            if ready.returncode != 0 or proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"jackd ({server}) did not start: {' | '.join(tail)}")
+            _portaudio_resume(levels)
+            levels = 0
+            yield name
+        finally:
+            # Still-suspended levels (if startup failed) plus whatever is live now.
+            levels += _portaudio_suspend()
+            if proc is not None:
+                _stop(proc)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            _portaudio_resume(levels)
+
+
+@contextlib.contextmanager
+def virtual_mic(
+    raw_samples: np.ndarray,
+    rate: int = 16000,
+    name: str | None = None,
+    min_seconds: float = 20.0,
+) -> Iterator[str]:
+    """Run a virtual capture device that "hears" ``raw_samples`` (int16 mono); yield its name.
+
+    The samples are written as raw S16_LE, padded with zeros to ``min_seconds`` so
+    that captures shorter than that never run past the end of the file.
+    """
+    samples = np.asarray(raw_samples)
+    if samples.dtype != np.int16 or samples.ndim != 1:
+        raise ValueError("raw_samples must be a 1-D int16 array (mono)")
+    pad = max(0, int(min_seconds * rate) - samples.shape[0])
+    with tempfile.TemporaryDirectory(prefix="a2e-vmic-raw-") as tmp:
+        raw = Path(tmp) / "mic.raw"
+        with open(raw, "wb") as f:
+            samples.astype("<i2").tofile(f)
+            np.zeros(pad, dtype="<i2").tofile(f)
+        with virtual_mic_file(raw, rate, name) as device:
+            yield device
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.virtual_mic FILE.raw [RATE] [NAME]``: run a virtual mic until Ctrl-C."""
+    if not 1 <= len(argv) <= 3 or argv[0] in ("-h", "--help"):
+        print(
+            "usage: virtual-mic.sh FILE.raw [RATE] [NAME]\n"
+            "  FILE.raw: headerless S16_LE mono samples, e.g. "
+            "ffmpeg -i in.wav -f s16le -ac 1 -ar 16000 FILE.raw",
+            file=sys.stderr,
+        )
+        return 2
+    raw = Path(argv[0])
+    rate = int(argv[1]) if len(argv) > 1 else 16000
+    name = argv[2] if len(argv) > 2 else "a2e_vmic"
+    if not raw.is_file():
+        print(f"no such file: {raw}", file=sys.stderr)
+        return 2
+    # SIGTERM ends the with-block like Ctrl-C, so jackd is stopped either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    seconds = raw.stat().st_size / 2 / rate
+    try:
+        with virtual_mic_file(raw, rate, name) as device:
+            print(f"# virtual microphone '{device}' at {rate} Hz playing {raw} ({seconds:.1f} s,")
+            print("# does not loop). In the shell that runs the bridge:")
+            print(f"export ALSA_CONFIG_PATH={os.environ['ALSA_CONFIG_PATH']}")
+            print(f"export JACK_DEFAULT_SERVER={os.environ['JACK_DEFAULT_SERVER']}")
+            print(f"# then: a2e-bridge run --device {device}    (Ctrl-C here stops jackd)")
+            sys.stdout.flush()
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
