@@ -76,7 +76,7 @@ def resolve_order(order: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
         if order == "alphabetical":
             return ALPHABETICAL_NAMES
         raise BridgeError(
-            f"output_order {order!r} is not known; allowed: \"arkit\", \"alphabetical\" "
+            f'output_order {order!r} is not known; allowed: "arkit", "alphabetical" '
             "or a list of the 52 ARKit names in the model's order"
         )
     names = tuple(ARKIT_NAMES[canonical_index(str(n))] for n in order)

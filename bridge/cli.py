@@ -25,7 +25,7 @@ from bridge.errors import BridgeError
 log = logging.getLogger("bridge")
 
 
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Print BridgeErrors as one line and exit non-zero."""
 
     @functools.wraps(fn)
@@ -96,18 +96,27 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 
 @main.command()
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML config file (default: built-in defaults, see configs/default.toml)")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (default: built-in defaults, see configs/default.toml)",
+)
 @click.option("--input", "input_file", metavar="FILE", help="read audio from FILE instead of a device")
 @click.option("--device", metavar="NAME", help="capture from this input device (name or index)")
 @click.option("--model", metavar="PRESET|PATH", help="model preset (e.g. synthetic) or .onnx path")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="stop after this many seconds of audio")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="stop after this many seconds of audio",
+)
 @click.option("--raw", is_flag=True, help="bypass all post-processing")
 @click.option("--fast", is_flag=True, help="file input: as fast as possible, not real time")
 @click.option("--stats", "stats_path", metavar="FILE", help="write a JSON summary here on exit")
 @click.option("-v", "--verbose", is_flag=True)
-@_friendly
+@friendly
 def run(config_path: str | None, input_file: str | None, device: str | None, model: str | None,
         duration: float | None, raw: bool, fast: bool, stats_path: str | None,
         verbose: bool) -> None:  # fmt: skip
@@ -136,7 +145,7 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
 
 
 @main.command()
-@_friendly
+@friendly
 def devices() -> None:
     """List audio input devices with their rates and channel counts."""
     from bridge.sources.device import describe_devices
@@ -144,45 +153,20 @@ def devices() -> None:
     click.echo(describe_devices())
 
 
-@main.group()
-def models() -> None:
-    """Model files: build synthetic ones."""
-
-
-@models.command("synth")
-@click.option("--kind", type=click.Choice(["lam", "wav2arkit"]), default="lam", show_default=True)
-@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True)
-@click.option("--oracle", is_flag=True, help="build the oracle test model instead")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="graph file to write (weights go to OUT.data)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@_friendly
-def models_synth(kind: str, size: str, oracle: bool, out: str, seed: int) -> None:
-    """Build a synthetic model with the real model's interface (no download needed)."""
-    from bridge.model.graph import count_parameters, find_layernorm_chains
-    from bridge.model.synth import synthesize
-
-    click.echo(f"building {'oracle ' if oracle else ''}{kind} ({size}) ...", err=True)
-    path = synthesize(kind, size, out, oracle=oracle, seed=seed)
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    click.echo(
-        f"wrote {path} ({count_parameters(m) / 1e6:.1f} M parameters, "
-        f"{len(find_layernorm_chains(m))} decomposed LayerNorm chains)"
-    )
-
-
 @main.command()
 @click.option("--model", default="synthetic-full", show_default=True, metavar="PRESET|PATH")
 @click.option("--seconds", type=click.FloatRange(min=1), default=60, show_default=True)
 @click.option("--json", "json_path", metavar="FILE", help="write the results here")
-@click.option("--input", "input_file", metavar="FILE",
-              help="audio file to play (default: a speech-like 48 kHz signal)")
+@click.option(
+    "--input",
+    "input_file",
+    metavar="FILE",
+    help="audio file to play (default: a speech-like 48 kHz signal)",
+)
 @click.option("--providers", default=None, metavar="LIST", help="e.g. cuda,cpu (default: config)")
 @click.option("--lookahead", type=click.IntRange(min=0), default=None, help="lookahead_frames")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False))
-@_friendly
+@friendly
 def bench(model: str, seconds: float, json_path: str | None, input_file: str | None,
           providers: str | None, lookahead: int | None, config_path: str | None) -> None:  # fmt: skip
     """Run the whole pipeline from a file at real-time pace into all outputs and report."""
@@ -196,6 +180,15 @@ def bench(model: str, seconds: float, json_path: str | None, input_file: str | N
     if json_path:
         _write_json(json_path, result)
 
+
+def _register_command_modules() -> None:
+    """Command families that live in their own modules (bridge/commands/)."""
+    from bridge.commands.models import models
+
+    main.add_command(models)
+
+
+_register_command_modules()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

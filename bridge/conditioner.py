@@ -92,6 +92,8 @@ class FirDecimator:
             self._to_drop -= drop
             out = out[drop:]
         return out
+
+
 def make_resampler(in_rate: int) -> Resampler:
     """The lowest-latency resampler for ``in_rate`` -> 16 kHz."""
     if in_rate == SAMPLE_RATE:
@@ -109,7 +111,7 @@ class Conditioner:
         if isinstance(channel, int) and channel >= channels:
             raise BridgeError(
                 f"input.channel = {channel} but the input has {channels} channel(s); "
-                f"allowed: 0..{channels - 1} or \"mix\""
+                f'allowed: 0..{channels - 1} or "mix"'
             )
         self.in_rate = in_rate
         self.channel = channel

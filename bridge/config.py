@@ -116,7 +116,9 @@ class OutputConfig:
 
     kind: Literal["livelink", "osc", "zmq"] = _opt("livelink", doc="livelink, osc or zmq")
     host: str = _opt("127.0.0.1", doc="destination host (livelink, osc)")
-    port: int | None = _opt(None, lambda v: _port(v), "destination port (livelink 11111, osc 9000, vmc 39539)")
+    port: int | None = _opt(
+        None, lambda v: _port(v), "destination port (livelink 11111, osc 9000, vmc 39539)"
+    )
     endpoint: str = _opt("tcp://127.0.0.1:5555", doc="zmq: endpoint the PUB socket binds")
     subject: str = _opt("A2EBridge", doc="subject name (livelink, zmq json)")
     device_id: str = _opt("a2e-bridge", doc="livelink: stable device id")
@@ -190,7 +192,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> BridgeConfig
         if not isinstance(table, dict):
             raise BridgeError(f"{source}: [{name}] must be a table")
         parts[name] = _build(cls, table, source, name)
-    outputs = data.get("output", None)
+    outputs = data.get("output")
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise BridgeError(f"{source}: outputs are written as [[output]] tables")
@@ -212,9 +214,7 @@ def _refuse_unknown(table: dict[str, Any], known: list[str], source: str, where:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise BridgeError(
-                f"{source}: unknown key {where}{key}{hint} (known: {', '.join(known)})"
-            )
+            raise BridgeError(f"{source}: unknown key {where}{key}{hint} (known: {', '.join(known)})")
 
 
 def _build(cls: type, table: dict[str, Any], source: str, where: str) -> Any:
@@ -244,9 +244,7 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        tp, str(tp)
-    )
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
@@ -294,7 +292,11 @@ def describe_schema() -> list[tuple[str, str, str, str]]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             rows.append(
-                (f"{section}.{f.name}", _describe(hints[f.name]), repr(f.default),
-                 f.metadata.get("doc", ""))
+                (
+                    f"{section}.{f.name}",
+                    _describe(hints[f.name]),
+                    repr(f.default),
+                    f.metadata.get("doc", ""),
+                )
             )
     return rows

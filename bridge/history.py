@@ -43,9 +43,7 @@ class AudioHistory:
         """The ``window`` samples before stream index ``end`` (a view; zeros before sample 0)."""
         lo = end - self.window - self._base
         if lo < 0 or end > self.count:
-            raise IndexError(
-                f"window ending at {end} is outside the history [{self._base}, {self.count})"
-            )
+            raise IndexError(f"window ending at {end} is outside the history [{self._base}, {self.count})")
         return self._buf[lo : lo + self.window]
 
     @property

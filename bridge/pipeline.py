@@ -23,7 +23,8 @@ from bridge.model.presets import description_for, get_preset, locate_model
 from bridge.model.runner import ModelRunner
 from bridge.outputs import build_output
 from bridge.outputs.base import Output
-from bridge.postprocess import build_post_chain
+from bridge.post import build_post_chain
+from bridge.post.base import FrameContext
 from bridge.sources.base import AudioSource
 from bridge.stats import RunStats
 from bridge.stream import InputStream
@@ -40,7 +41,7 @@ def build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource
     """The configured audio source (``sounddevice`` is imported only for devices)."""
     if cfg.kind == "file":
         if not cfg.file:
-            raise BridgeError("input.kind = \"file\" needs input.file (or --input FILE)")
+            raise BridgeError('input.kind = "file" needs input.file (or --input FILE)')
         from bridge.sources.file import FileSource
 
         return FileSource(cfg.file, realtime=cfg.realtime, blocksize=cfg.blocksize,
@@ -126,6 +127,8 @@ class Bridge:
         if self.model.fallback_reason:
             self.stats.extra["fallback_reason"] = self.model.fallback_reason
         self._head = np.zeros(len(HEAD_EYE_NAMES), dtype=np.float32)
+        self._rms = np.zeros(window_frames, dtype=np.float32)
+        self._head_block = np.zeros((window_frames, len(HEAD_EYE_NAMES)), dtype=np.float32)
         self._subject = next((o.subject for o in cfg.outputs), "")
         self._est_inference_s = 0.0
 
@@ -205,17 +208,32 @@ class Bridge:
         frames = out.shape[0]
         lo = frames - 1 - (hop.window_last_frame - hop.first)
         block = out[lo : lo + hop.stride]
-        self.post.process(block)
+        ctx = self._context(hop)
+        self.post.process(block, ctx)
         for i in range(hop.stride):
             number = hop.first + i
             capture = self.stream.capture_time(frame_end_sample(number) - 1)
-            frame = FaceFrame(number, block[i], capture, self._head, self._subject)
+            head = ctx.head[i] if ctx.head is not None else self._head
+            frame = FaceFrame(number, block[i], capture, head, self._subject)
             for output in self.outputs:
                 output.publish(frame)
             now = time.monotonic()
             stats.record_send(now, (now - capture) * 1000.0)
             if self.on_frame is not None:
                 self.on_frame(frame)
+
+    def _context(self, hop) -> FrameContext:
+        """Loudness of each published frame's own audio, for stages that gate on it."""
+        n = hop.stride
+        rms = self._rms[:n]
+        history = self.stream.history
+        for i in range(n):
+            k = hop.first + i
+            start, end = frame_end_sample(k - 1) if k else 0, frame_end_sample(k)
+            span = history.window_ending(end)[history.window - (end - start) :]
+            rms[i] = np.sqrt(np.dot(span, span) / span.shape[0])
+        self._head_block[:n] = 0.0
+        return FrameContext(hop.first, rms, None, self._head_block[:n])
 
     def _log_status(self) -> None:
         s = self.stats

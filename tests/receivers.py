@@ -3,6 +3,7 @@ python-osc server, and a ZeroMQ SUB.  Each collects what it got on a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -30,10 +31,8 @@ class LiveLinkReceiver:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.packets.append(decode_livelink(self.sock.recv(4096)))
-            except TimeoutError:
-                pass
 
     def close(self) -> None:
         time.sleep(0.1)
@@ -77,10 +76,8 @@ class ZmqReceiver:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(zmq.Again):
                 self.messages.append(self.sub.recv())
-            except zmq.Again:
-                pass
 
     def payloads(self) -> list[bytes]:
         return [m[len(self.topic) + 1 :] for m in self.messages]

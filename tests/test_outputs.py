@@ -137,8 +137,7 @@ def test_osc_mirror_and_reuse(scheme: str) -> None:
     frame = make_frame(2, 0.25)
     msgs = decode_osc_bundle(enc.encode(frame))
     got = {
-        (args[0] if scheme == "vmc" else addr.removeprefix("/arkit/")): args[-1]
-        for addr, args in msgs[:52]
+        (args[0] if scheme == "vmc" else addr.removeprefix("/arkit/")): args[-1] for addr, args in msgs[:52]
     }
     for left, right in MIRROR_PAIRS[:4]:
         assert got[left] == expected(frame, right) and got[right] == expected(frame, left)
@@ -327,9 +326,7 @@ def first_message(out: Output, sub: zmq.Socket, frame: FaceFrame) -> bytes:
 
 @pytest.mark.parametrize("fmt", ["json", "livelink"])
 def test_zmq_received_by_real_sub(sub_factory, fmt: str) -> None:
-    cfg = OutputConfig(
-        kind="zmq", endpoint="tcp://127.0.0.1:*", format=fmt, topic="face", subject="Ana"
-    )
+    cfg = OutputConfig(kind="zmq", endpoint="tcp://127.0.0.1:*", format=fmt, topic="face", subject="Ana")
     with build_output(cfg) as out:
         endpoint = out.transport.last_endpoint  # type: ignore[attr-defined]
         assert endpoint.startswith("tcp://127.0.0.1:") and not endpoint.endswith("*")

@@ -144,9 +144,7 @@ def test_lookahead_keeps_alignment_and_realtime_pacing(tmp_path: Path) -> None:
     assert [p["frame"] for p in ll.packets] == list(range(45))
     jaw = LIVELINK_NAMES.index("JawOpen")
     for p in ll.packets:
-        assert p["values"][jaw] == pytest.approx(
-            expected_value(p["frame"], "jawOpen", ARKIT_NAMES), abs=3e-3
-        )
+        assert p["values"][jaw] == pytest.approx(expected_value(p["frame"], "jawOpen", ARKIT_NAMES), abs=3e-3)
     # zmq livelink format carries the exact UDP packet bytes.
     assert len(zq.payloads()) == 45
     assert stats["latency_ms"]["p50"] >= 3 * 1000 / 30 - 5  # lookahead is latency, by design
@@ -159,10 +157,7 @@ def test_resampled_multichannel_input_picks_the_channel(tmp_path: Path, rate: in
     stats, ll, *_ = run_bridge(make_config(wav, PORTS, channel=1))
     assert [p["frame"] for p in ll.packets] == list(range(FRAMES))
     jaw = LIVELINK_NAMES.index("JawOpen")
-    errors = [
-        abs(p["values"][jaw] - expected_value(p["frame"], "jawOpen", ARKIT_NAMES))
-        for p in ll.packets
-    ]
+    errors = [abs(p["values"][jaw] - expected_value(p["frame"], "jawOpen", ARKIT_NAMES)) for p in ll.packets]
     # Resampling smooths the steps at frame edges a little; a frame off by one would be >= 0.07.
     assert max(errors) < 0.01
 

@@ -125,9 +125,7 @@ def test_lam_identity_changes_output(lam_session: ort.InferenceSession) -> None:
 
 
 @pytest.mark.parametrize(("samples", "frames"), [(16000, 30), (8000, 15), (8100, 16)])
-def test_wav2arkit_shapes_and_values(
-    w2a_session: ort.InferenceSession, samples: int, frames: int
-) -> None:
+def test_wav2arkit_shapes_and_values(w2a_session: ort.InferenceSession, samples: int, frames: int) -> None:
     assert frames == math.ceil(30 * samples / SR)
     assert [i.name for i in w2a_session.get_inputs()] == [WAV2ARKIT.audio_input]
     assert [o.name for o in w2a_session.get_outputs()] == [WAV2ARKIT.blendshapes_output]

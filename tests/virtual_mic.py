@@ -145,9 +145,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def virtual_mic_file(
-    raw_path: str | Path, rate: int = 16000, name: str | None = None
-) -> Iterator[str]:
+def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None = None) -> Iterator[str]:
     """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name.
 
     Sets ``ALSA_CONFIG_PATH`` and ``JACK_DEFAULT_SERVER`` in ``os.environ`` for the
@@ -179,9 +177,7 @@ def virtual_mic_file(
                     stderr=subprocess.STDOUT,
                     env=env,
                 )
-            ready = subprocess.run(
-                ["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, timeout=20
-            )
+            ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, timeout=20)
             if ready.returncode != 0 or proc.poll() is not None:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
                 raise RuntimeError(f"jackd ({server}) did not start: {' | '.join(tail)}")

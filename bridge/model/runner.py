@@ -108,7 +108,7 @@ class ModelRunner:
                  {fd.audio_input} | ({fd.identity_input} if fd.identity_input else set())),
                 None,
             )  # fmt: skip
-            hint = f"; it looks like a {guess} model: set [model] preset = \"{guess}\"" if guess else ""
+            hint = f'; it looks like a {guess} model: set [model] preset = "{guess}"' if guess else ""
             raise BridgeError(
                 f"model {self.path} does not match the {d.family} description: "
                 f"inputs {sorted(ins)} (expected {sorted(want_in)}), "

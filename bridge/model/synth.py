@@ -195,9 +195,7 @@ class _Builder:
             tag = "x".join(map(str, arr.shape)) or "scalar"
             name = self._unique(f"const/{arr.dtype.name}_{tag}")
             self.nodes.append(
-                helper.make_node(
-                    "Constant", [], [name], name=name, value=numpy_helper.from_array(arr, name)
-                )
+                helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(arr, name))
             )
             self._consts[key] = name
         return self._consts[key]
@@ -480,9 +478,7 @@ def build_oracle(family: Family = "lam", window_samples: int = 16000,
     inputs = [helper.make_tensor_value_info(desc.audio_input, TensorProto.FLOAT, [1, w])]
     outputs = []
     if lam:
-        inputs.append(
-            helper.make_tensor_value_info(desc.identity_input, TensorProto.FLOAT, [1, 12])
-        )
+        inputs.append(helper.make_tensor_value_info(desc.identity_input, TensorProto.FLOAT, [1, 12]))
         steps = np.arange(12, dtype=np.float32).reshape(12, 1) * np.float32(ORACLE_IDENTITY_STEP)
         ident_w = b.tensor("oracle.identity_offset", steps)
         ident = b.op("MatMul", [desc.identity_input, ident_w], "oracle/identity")  # [1, 1]
@@ -491,14 +487,10 @@ def build_oracle(family: Family = "lam", window_samples: int = 16000,
         asr_shape = b.ints([1, t50, 32])
         b.op("ConstantOfShape", [asr_shape], "oracle/asr", output=desc.asr_output,
              value=numpy_helper.from_array(np.zeros(1, np.float32)))  # fmt: skip
-        outputs.append(
-            helper.make_tensor_value_info(desc.asr_output, TensorProto.FLOAT, [1, t50, 32])
-        )
+        outputs.append(helper.make_tensor_value_info(desc.asr_output, TensorProto.FLOAT, [1, t50, 32]))
     b.op("Identity", [y], "oracle/Identity", output=desc.blendshapes_output)
     outputs.append(
-        helper.make_tensor_value_info(
-            desc.blendshapes_output, TensorProto.FLOAT, [1, f, NUM_BLENDSHAPES]
-        )
+        helper.make_tensor_value_info(desc.blendshapes_output, TensorProto.FLOAT, [1, f, NUM_BLENDSHAPES])
     )
     meta = {"family": family, "kind": "oracle", "window_samples": str(w)}
     if output_order is not None:

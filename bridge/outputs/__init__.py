@@ -29,9 +29,7 @@ def build_output(cfg: OutputConfig) -> Output:
     if cfg.kind == "livelink":
         port = cfg.resolved_port
         enc: Encoder = LiveLinkEncoder(cfg.subject, cfg.device_id, cfg.mirror)
-        return Output(
-            f"livelink {cfg.host}:{port}", enc, UdpTransport(cfg.host, port, label="livelink")
-        )
+        return Output(f"livelink {cfg.host}:{port}", enc, UdpTransport(cfg.host, port, label="livelink"))
     if cfg.kind == "osc":
         port = cfg.resolved_port
         label = f"osc {cfg.scheme}"

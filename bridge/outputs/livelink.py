@@ -48,9 +48,7 @@ class LiveLinkEncoder:
     for its topic so the ZeroMQ message is patched in place too.
     """
 
-    def __init__(
-        self, subject: str, device_id: str, mirror: bool = False, *, prefix: bytes = b""
-    ) -> None:
+    def __init__(self, subject: str, device_id: str, mirror: bool = False, *, prefix: bytes = b"") -> None:
         self.subject = subject
         self.device_id = device_id
         self.mirror = mirror

@@ -63,9 +63,7 @@ class ZmqEncoder:
         self.mirror = mirror
         self._livelink: LiveLinkEncoder | None = None
         if format == "livelink":
-            self._livelink = LiveLinkEncoder(
-                subject, device_id, mirror, prefix=topic.encode() + b" "
-            )
+            self._livelink = LiveLinkEncoder(subject, device_id, mirror, prefix=topic.encode() + b" ")
             return
 
         def lit(obj: object) -> str:  # a constant JSON fragment, safe inside a %-template
@@ -127,13 +125,9 @@ class ZmqPubTransport:
             self._sock.bind(endpoint)
         except zmq.ZMQError as e:
             self._sock.close(linger=0)
-            if e.errno == errno.EADDRINUSE:
-                why = "address already in use"
-            else:
-                why = (e.strerror or str(e)).lower()
+            why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e)).lower()
             raise BridgeError(
-                f"{label} output: cannot bind {endpoint}: {why}; "
-                "choose another endpoint (output.endpoint)"
+                f"{label} output: cannot bind {endpoint}: {why}; choose another endpoint (output.endpoint)"
             ) from None
         #: The endpoint actually bound (resolves a ``*`` port, e.g. ``tcp://127.0.0.1:*``).
         self.last_endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)

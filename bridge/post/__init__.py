@@ -1,29 +1,16 @@
 """Post-processing between the model and the outputs.
 
-Stages work in place on a block of frames ``(n, 52)`` in canonical order and
-keep whatever state they need between calls (they are causal: a frame never
-waits for a later one unless a stage says so).  ``--raw`` replaces the chain
-with an empty one.
+Stages (bridge/post/*.py) follow the :class:`~bridge.post.base.Stage` contract;
+``build_post_chain`` assembles the configured ones.  ``--raw`` replaces the
+chain with an empty one.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
 from bridge.config import PostConfig
-
-
-class Stage(Protocol):
-    """One causal post-processing step."""
-
-    #: frames of delay this stage adds (documented per stage)
-    delay_frames: int
-
-    def process(self, values: np.ndarray) -> None:
-        """Transform ``values`` (frames x 52) in place."""
-        ...
+from bridge.post.base import FrameContext, Stage
 
 
 class Clamp:
@@ -31,7 +18,7 @@ class Clamp:
 
     delay_frames = 0
 
-    def process(self, values: np.ndarray) -> None:
+    def process(self, values: np.ndarray, ctx: FrameContext) -> None:
         np.clip(values, 0.0, 1.0, out=values)
 
 
@@ -45,9 +32,9 @@ class PostChain:
     def delay_frames(self) -> int:
         return sum(s.delay_frames for s in self.stages)
 
-    def process(self, values: np.ndarray) -> None:
+    def process(self, values: np.ndarray, ctx: FrameContext) -> None:
         for stage in self.stages:
-            stage.process(values)
+            stage.process(values, ctx)
 
 
 def build_post_chain(cfg: PostConfig, raw: bool = False) -> PostChain:
@@ -57,3 +44,6 @@ def build_post_chain(cfg: PostConfig, raw: bool = False) -> PostChain:
     if cfg.clamp:
         stages.append(Clamp())
     return PostChain(stages)
+
+
+__all__ = ["Clamp", "FrameContext", "PostChain", "Stage", "build_post_chain"]

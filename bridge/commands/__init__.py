@@ -1,0 +1,1 @@
+"""Command families registered on the ``a2e-bridge`` group by bridge.cli."""
