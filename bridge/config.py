@@ -152,8 +152,8 @@ class BridgeConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     post: PostConfig = field(default_factory=PostConfig)
     outputs: tuple[OutputConfig, ...] = (
-        OutputConfig(kind="livelink"),
-        OutputConfig(kind="osc"),
+        OutputConfig(kind="livelink", port=DEFAULT_PORTS["livelink"]),
+        OutputConfig(kind="osc", port=DEFAULT_PORTS["osc"]),
         OutputConfig(kind="zmq"),
     )
     source: str = "<defaults>"
