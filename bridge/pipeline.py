@@ -131,6 +131,8 @@ class Bridge:
         self._head_block = np.zeros((window_frames, len(HEAD_EYE_NAMES)), dtype=np.float32)
         self._subject = next((o.subject for o in cfg.outputs), "")
         self._est_inference_s = 0.0
+        #: one capture block in 16 kHz samples (the granularity at which audio arrives)
+        self._block16k = cfg.input.blocksize * SAMPLE_RATE / source.samplerate
 
     def describe(self) -> str:
         r = self.runner
@@ -152,6 +154,20 @@ class Bridge:
         try:
             while not stop.is_set():
                 t_busy = time.perf_counter()
+                c_busy = time.thread_time()
+                missing = self._samples_missing()
+                if missing > 0 and not stream.ended and not source.finished:
+                    if source.error:
+                        raise BridgeError(source.error)
+                    if time.monotonic() >= next_status:
+                        next_status += STATUS_EVERY_S
+                        self._log_status()
+                    stats.busy_s += time.perf_counter() - t_busy
+                    stats.busy_cpu_s += time.thread_time() - c_busy
+                    # Audio lands a capture block at a time: sleep until about a block before the
+                    # frame's last sample is due, then poll cheaply (no pull) until it lands.
+                    time.sleep(min(max(POLL_S / 2, (missing - self._block16k) / SAMPLE_RATE), 0.010))
+                    continue
                 stream.pull()
                 if source.error:
                     raise BridgeError(source.error)
@@ -159,16 +175,15 @@ class Bridge:
                 hop = sched.plan(stream.history.count, oldest)
                 if hop is None:
                     stats.busy_s += time.perf_counter() - t_busy
+                    stats.busy_cpu_s += time.thread_time() - c_busy
                     if stream.ended:
                         break
-                    if time.monotonic() >= next_status:
-                        next_status += STATUS_EVERY_S
-                        self._log_status()
-                    time.sleep(self._idle_wait())
+                    time.sleep(POLL_S)
                     continue
                 self._run_hop(hop)
                 sched.done(hop)
                 stats.busy_s += time.perf_counter() - t_busy
+                stats.busy_cpu_s += time.thread_time() - c_busy
         finally:
             source.stop()
         stats.frames_dropped = sched.dropped
@@ -176,12 +191,10 @@ class Bridge:
         stats.extra.update(self._input_counters())
         return stats
 
-    def _idle_wait(self) -> float:
-        """Sleep until the next frame's audio can have arrived (at least ``POLL_S``)."""
-        stream = self.stream
-        nxt = stream.scheduler.next_frame + stream.scheduler.lookahead
-        missing = frame_end_sample(nxt) - stream.history.count
-        return min(max(POLL_S, missing / SAMPLE_RATE - 0.002), 0.010)
+    def _samples_missing(self) -> float:
+        """16 kHz samples still to arrive before the next frame can be published."""
+        sched = self.stream.scheduler
+        return frame_end_sample(sched.next_frame + sched.lookahead) - self.stream.expected_count()
 
     def _oldest_in_time(self) -> int | None:
         """Oldest ready frame that can still be sent within ``max_latency_ms``."""
@@ -198,9 +211,10 @@ class Bridge:
     def _run_hop(self, hop) -> None:
         stats = self.stats
         window = self.stream.history.window_ending(hop.window_end)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = self.runner.infer(window)
         dt = time.perf_counter() - t0
+        stats.inference_cpu_s += time.thread_time() - c0
         stats.inference.add(dt * 1000.0)
         stats.inference_s += dt
         stats.inferences += 1

@@ -65,6 +65,8 @@ class RunStats:
     inferences: int = 0
     busy_s: float = 0.0  #: hop-loop time spent working (not waiting for audio)
     inference_s: float = 0.0
+    busy_cpu_s: float = 0.0  #: the same, in the hop thread's CPU time
+    inference_cpu_s: float = 0.0
     provider: str = ""
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

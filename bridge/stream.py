@@ -38,6 +38,7 @@ class InputStream:
         self.limit_samples = limit_samples  #: stop after this many 16 kHz samples (--duration)
         self._scratch = np.zeros((max(source.ring.capacity // 4, 4096), source.channels), np.float32)
         self._rate_ratio = source.samplerate / SAMPLE_RATE
+        self._raw_pulled = 0  #: native-rate frames taken out of the ring so far
         self.ended = False  #: no more audio will come (end of file, duration reached)
         self._frames_at_end = 0
 
@@ -51,6 +52,7 @@ class InputStream:
             n = ring.read(self._scratch)
             if n == 0:
                 break
+            self._raw_pulled += n
             added += self._append(self.conditioner.process(self._scratch[:n]))
             if self.ended:
                 return added
@@ -58,6 +60,16 @@ class InputStream:
             added += self._append(self.conditioner.process(self._scratch[:0], last=True))
             self._end()
         return added
+
+    def expected_count(self) -> float:
+        """The sample clock a ``pull()`` now would reach, estimated without doing it.
+
+        Lets the hop loop sleep until a frame's audio is there instead of
+        conditioning every small capture block as it lands: one pull per hop.
+        """
+        ring = self.source.ring
+        lag = max(0.0, self._raw_pulled / self._rate_ratio - self.history.count)  # resampler hold-back
+        return self.history.count + ring.available() / self._rate_ratio - lag
 
     def _append(self, x: np.ndarray) -> int:
         if self.limit_samples is not None:

@@ -127,9 +127,12 @@ def test_every_output_carries_frame_k_under_the_right_names(tmp_path: Path, orde
             lower = ARKIT_NAMES[EPIC_NAMES.index(name)]
             assert value == pytest.approx(expected_value(k, lower, model_order, 5), abs=3e-3)
 
-    # ZeroMQ json: frame, time, names and values.
+    # ZeroMQ json: frame, time, names and values.  This run is faster than real time, and a
+    # PUB socket drops (by design) what a subscriber has not taken within its high-water mark,
+    # so only order is checked here; the real-time test below checks that every frame arrives.
     msgs = zq.json()
-    assert [m["frame"] for m in msgs] == list(range(FRAMES))
+    numbers = [m["frame"] for m in msgs]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 0 and len(numbers) >= 30
     for m in msgs:
         assert m["time"] == pytest.approx(m["frame"] / 30)
         for name, value in zip(m["names"], m["values"], strict=True):

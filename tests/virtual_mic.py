@@ -46,6 +46,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,8 @@ pcm.{name} {{
 def alsa_config(name: str, raw_path: str | Path, rate: int) -> str:
     """ALSA config text defining capture PCM ``name`` that plays ``raw_path`` at ``rate``."""
     raw = str(Path(raw_path).resolve())
+    if int(rate) <= 0:
+        raise ValueError(f"rate must be positive, not {rate}")
     if not name.replace("_", "").isalnum():
         raise ValueError(f"device name {name!r}: use letters, digits and '_' only")
     if any(c in raw for c in '"\\\n'):
@@ -133,6 +136,26 @@ def _portaudio_resume(levels: int) -> None:
         sd._initialize()
 
 
+def _wait_for_jackd(proc: subprocess.Popen[bytes], env: dict[str, str], timeout: float = 10.0) -> bool:
+    """Wait until the server answers; False if jackd exited or did not answer in time.
+
+    Polls ``jack_wait -c`` every 50 ms: ``jack_wait -w`` re-checks only once a
+    second, which added ~1 s to every start.
+    """
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _jackd_running(env):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _jackd_running(env: dict[str, str]) -> bool:
+    """Whether the server named by ``env["JACK_DEFAULT_SERVER"]`` answers."""
+    check = subprocess.run(["jack_wait", "-c"], env=env, capture_output=True, timeout=10)
+    return check.stdout.strip() == b"running"
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """End our own jackd and wait: a lingering one makes the next start fail."""
     if proc.poll() is None:
@@ -169,6 +192,8 @@ def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None =
         env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
         proc: subprocess.Popen[bytes] | None = None
         try:
+            if _jackd_running(env):  # ours would fail, and we would talk to the other one
+                raise RuntimeError(f"a JACK server named {server!r} is already running")
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     ["jackd", "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(JACK_PERIOD)],
@@ -177,8 +202,7 @@ def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None =
                     stderr=subprocess.STDOUT,
                     env=env,
                 )
-            ready = subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True, timeout=20)
-            if ready.returncode != 0 or proc.poll() is not None:
+            if not _wait_for_jackd(proc, env):
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
                 raise RuntimeError(f"jackd ({server}) did not start: {' | '.join(tail)}")
             _portaudio_resume(levels)

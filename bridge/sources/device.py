@@ -185,6 +185,10 @@ def describe_devices() -> str:
     return "\n".join(lines)
 
 
+#: channels opened (and averaged) when the config says channel = "mix"
+MIX_CHANNELS = 2
+
+
 class DeviceSource:
     """A capture device filling a :class:`SampleRing` from PortAudio's callback thread.
 
@@ -205,7 +209,9 @@ class DeviceSource:
         self.name = dev.name
         self.samplerate = int(samplerate) if samplerate else int(round(dev.default_samplerate))
         if channels is None:
-            channels = dev.max_input_channels
+            # ALSA 'plug' and desktop-server devices report up to 128 virtual channels; a voice is
+            # on the first one or two, so "mix" averages at most MIX_CHANNELS.
+            channels = min(dev.max_input_channels, MIX_CHANNELS)
         elif not 1 <= channels <= dev.max_input_channels:
             raise BridgeError(
                 f"input device {dev.label()} cannot capture {channels} channels: "
