@@ -66,7 +66,7 @@ def run_bridge(cfg_dict: dict) -> tuple[dict, LiveLinkReceiver, OscReceiver, Osc
     cfg_dict["output"][0]["port"] = ll.port
     cfg_dict["output"][1]["port"] = osc.port
     cfg_dict["output"][2]["port"] = vmc.port
-    bridge = Bridge(parse_config(cfg_dict, "test.toml"))
+    bridge = Bridge(parse_config(cfg_dict, "test.toml"), raw=True)  # exact oracle values
     zq = ZmqReceiver(bridge.outputs[3].transport.last_endpoint, "face")
     wait_connected()
     try:
@@ -201,7 +201,7 @@ def test_partial_last_frame_and_duration(tmp_path: Path) -> None:
     receiver = LiveLinkReceiver()
     ports = {"livelink": receiver.port, "osc": receiver.port, "vmc": receiver.port}
     cfg = parse_config(make_config(write_staircase(tmp_path / "s.wav"), ports), "t")
-    bridge = Bridge(cfg.replace(outputs=cfg.outputs[:1]), duration=0.5)
+    bridge = Bridge(cfg.replace(outputs=cfg.outputs[:1]), raw=True, duration=0.5)
     try:
         stats = bridge.run().as_dict()
     finally:
