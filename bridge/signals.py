@@ -51,3 +51,24 @@ def staircase(frames: int, rate: int = SAMPLE_RATE, levels: int = 41, step: floa
 
 def staircase_level(k: int, levels: int = 41, step: float = 0.01) -> float:
     return step * ((7 * k) % levels)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m bridge.signals OUT.wav [SECONDS]``: write the speech-like demo signal (48 kHz)."""
+    import sys
+
+    import soundfile
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m bridge.signals OUT.wav [SECONDS]", file=sys.stderr)
+        return 2
+    seconds = float(argv[1]) if len(argv) > 1 else 15.0
+    soundfile.write(argv[0], speech_like(seconds, 48_000), 48_000)
+    print(f"wrote {argv[0]} ({seconds:g} s of speech-like audio at 48 kHz)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))
