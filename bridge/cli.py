@@ -186,6 +186,7 @@ def _register_command_modules() -> None:
     from bridge.commands.models import models
 
     main.add_command(models)
+    __import__("bridge.commands.offline", fromlist=["register"]).register(main)  # offline, calibrate
 
 
 _register_command_modules()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bridge.errors import BridgeError
+from bridge.post.head import HeadMotionConfig
 
 Check = typing.Callable[[Any], str | None]
 
@@ -89,6 +90,9 @@ class ModelConfig:
     window_s: float = _opt(1.0, _window, "seconds of audio the model sees per call")
     threads: int = _opt(0, _non_negative, "ONNX Runtime intra-op threads; 0 = one per core")
     fallback: str | None = _opt("wav2arkit", doc='preset loaded when this one fails ("" = none)')
+    fallback_after_s: float = _opt(
+        2.0, _non_negative, "switch to the fallback after missing deadlines this long (0 = never)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,32 +103,201 @@ class ScheduleConfig:
     max_latency_ms: float = _opt(250.0, _positive, "skip ahead (and count drops) beyond this")
 
 
+def _unit(v: float) -> str | None:
+    return None if 0.0 <= v <= 1.0 else "must be between 0 and 1"
+
+
+def _dbfs(v: float) -> str | None:
+    return None if -120.0 <= v <= 0.0 else "must be a level in dBFS between -120 and 0"
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else "must be >= 1"
+
+
+def _ema_alpha(v: float) -> str | None:
+    return None if 0.0 < v <= 1.0 else "must be in (0, 1] (1 = no smoothing)"
+
+
+def _blendshape_names(names: Any) -> str | None:
+    """Every name must be one of the 52 ARKit names (either case); says the closest ones."""
+    from bridge.blendshapes import canonical_index
+
+    for name in names:
+        try:
+            canonical_index(str(name))
+        except BridgeError as e:
+            return f"names an {e}"
+    return None
+
+
+def _gate_channels(v: str | list[str]) -> str | None:
+    if isinstance(v, str):
+        sets = ("speech", "upstream", "mouth")
+        return None if v in sets else f"must be one of {', '.join(map(repr, sets))} or a list of ARKit names"
+    return _blendshape_names(v) if v else "must name at least one channel"
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    """Silence gate: eases the mouth to rest in silence (the model's output never quite closes it)."""
+
+    enabled: bool = _opt(True, doc="ease the mouth/jaw channels to rest in silence")
+    open_db: float = _opt(-40.0, _dbfs, "frame RMS (dBFS) at or above which the gate opens")
+    close_db: float = _opt(-46.0, _dbfs, "frame RMS (dBFS) below which it starts closing (<= open_db)")
+    hold_frames: int = _opt(2, _non_negative, "quiet frames kept open before the release starts")
+    attack_frames: int = _opt(2, _at_least_one, "frames of the opening ramp (1 = a step)")
+    release_frames: int = _opt(3, _at_least_one, "frames of the closing ramp")
+    floor: float = _opt(0.0, _unit, "gain left on the gated channels in silence (upstream: 0.1)")
+    channels: str | list[str] = _opt(
+        "speech", _gate_channels, '"speech" (upstream 29 + mouthClose), "upstream", "mouth" or names'
+    )
+    vad: Literal["off", "ctc", "silero"] = _opt(
+        "off", doc="also require speech from the model's CTC head or the Silero VAD model"
+    )
+    vad_threshold: float = _opt(0.5, _unit, "speech probability at or above which a frame is speech")
+    vad_model: str | None = _opt(None, doc="path to silero_vad.onnx (for vad = silero)")
+
+
+@dataclass(frozen=True, slots=True)
+class SmoothingConfig:
+    """Per-channel smoothing; causal, so it always adds some delay (see docs/postprocessing.md)."""
+
+    kind: Literal["off", "one_euro", "ema"] = _opt("one_euro", doc="one_euro, ema or off")
+    min_cutoff: float = _opt(4.0, _positive, "One Euro: cut-off (Hz) when still; delay 30/(2 pi fc) frames")
+    beta: float = _opt(0.3, _non_negative, "One Euro: cut-off increase per unit/s of speed (less lag)")
+    d_cutoff: float = _opt(1.0, _positive, "One Euro: cut-off (Hz) of the speed estimate")
+    alpha: float = _opt(0.5, _ema_alpha, "EMA: weight of the new frame; delay (1 - alpha) / alpha frames")
+
+
+@dataclass(frozen=True, slots=True)
+class BlinkConfig:
+    """Procedural eye blinks: an audio model has no reason to blink."""
+
+    enabled: bool = _opt(True, doc="add blinks on eyeBlinkLeft/Right at random intervals")
+    min_interval_s: float = _opt(2.0, _positive, "shortest time between blink starts")
+    max_interval_s: float = _opt(6.0, _positive, "longest time between blink starts (>= min)")
+    strength: float = _opt(1.0, _unit, "peak blink weight (each blink varies 85-100 % of it)")
+    replace_model: bool = _opt(True, doc="drop the model's own eyeBlink values first (upstream does)")
+    seed: int | None = _opt(None, doc="random seed for repeatable blinks (default: random)")
+
+
+@dataclass(frozen=True, slots=True)
+class CurveConfig:
+    """Per-channel response: ``gain * x ** gamma + offset``, by ARKit name (either case)."""
+
+    gain: dict[str, float] = field(
+        default_factory=dict, metadata={"check": _blendshape_names, "doc": "e.g. { jawOpen = 1.3 }"}
+    )
+    offset: dict[str, float] = field(
+        default_factory=dict, metadata={"check": _blendshape_names, "doc": "added after gain"}
+    )
+    gamma: dict[str, float] = field(
+        default_factory=dict, metadata={"check": _blendshape_names, "doc": "< 1 lifts small values"}
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PostConfig:
     """Post-processing after the model (bypassed entirely by ``--raw``)."""
 
     clamp: bool = _opt(True, doc="clamp every weight to [0, 1]")
+    calibration: str | None = _opt(None, doc="neutral calibration file from `a2e-bridge calibrate`")
+    calibration_rescale: bool = _opt(True, doc="stretch (x - floor) back to the full 0..1 range")
+    symmetrize: Literal["off", "average", "max", "min"] = _opt(
+        "off", doc="make the 20 left/right pairs equal (average, max or min)"
+    )
+    gate: GateConfig = field(default_factory=GateConfig, metadata={"doc": "[post.gate]"})
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig, metadata={"doc": "[post.smoothing]"})
+    blink: BlinkConfig = field(default_factory=BlinkConfig, metadata={"doc": "[post.blink]"})
+    curve: CurveConfig = field(default_factory=CurveConfig, metadata={"doc": "[post.curve]"})
+    head: HeadMotionConfig = field(default_factory=HeadMotionConfig, metadata={"doc": "[post.head]"})
 
 
-OUTPUT_KINDS = ("livelink", "osc", "zmq")
-DEFAULT_PORTS = {"livelink": 11111, "osc": 9000, "vmc": 39539}
+OUTPUT_KINDS = ("livelink", "osc", "zmq", "vrchat", "ifacialmocap", "console")
+DEFAULT_PORTS = {"livelink": 11111, "osc": 9000, "vmc": 39539, "vrchat": 9000, "ifacialmocap": 49983,
+                 "console": 53000}  # fmt: skip
+
+
+def _output_param_names(names: Any) -> str | None:
+    """vrchat: each name is an ARKit or a Unified Expressions v2 name (which of the two the
+    output's ``names`` wants is checked when the output is built)."""
+    from bridge.blendshapes import canonical_index
+    from bridge.outputs.unified import unified_name
+
+    for name in names:
+        try:
+            canonical_index(str(name))
+            continue
+        except BridgeError:
+            pass
+        try:
+            unified_name(str(name))
+        except BridgeError as e:
+            return f"is not allowed: {e}"
+    return None
+
+
+def _console_address(template: str) -> str | None:
+    from bridge.outputs.console import format_address
+    from bridge.outputs.osc_template import check_address
+
+    try:
+        check_address(format_address(template, "JawOpen", 17), "console output", "fix output.address")
+    except BridgeError as e:
+        return f"is not allowed: {str(e).removeprefix('console output: ')}"
+    return None
+
+
+def _value_range(v: list[float]) -> str | None:
+    ok = len(v) == 2 and v[0] != v[1]
+    return None if ok else "must be two different numbers [low, high], e.g. [0, 100] or [0, 255]"
 
 
 @dataclass(frozen=True, slots=True)
 class OutputConfig:
     """One destination.  Fields that a kind does not use are refused for it."""
 
-    kind: Literal["livelink", "osc", "zmq"] = _opt("livelink", doc="livelink, osc or zmq")
-    host: str = _opt("127.0.0.1", doc="destination host (livelink, osc)")
+    kind: Literal["livelink", "osc", "zmq", "vrchat", "ifacialmocap", "console"] = _opt(
+        "livelink", doc="livelink, osc, zmq, vrchat, ifacialmocap or console"
+    )
+    host: str = _opt("127.0.0.1", doc="destination host (every kind but zmq)")
     port: int | None = _opt(
-        None, lambda v: _port(v), "destination port (livelink 11111, osc 9000, vmc 39539)"
+        None,
+        lambda v: _port(v),
+        "destination port (livelink 11111, osc 9000, vmc 39539, vrchat 9000, ifacialmocap 49983, "
+        "console 53000)",
     )
     endpoint: str = _opt("tcp://127.0.0.1:5555", doc="zmq: endpoint the PUB socket binds")
     subject: str = _opt("A2EBridge", doc="subject name (livelink, zmq json)")
     device_id: str = _opt("a2e-bridge", doc="livelink: stable device id")
     scheme: Literal["arkit", "vmc"] = _opt("arkit", doc="osc: arkit (/arkit/<Name>) or vmc")
+    speech: bool = _opt(False, doc="osc arkit: also send /arkit/speech (1 - CTC blank probability)")
     format: Literal["json", "livelink"] = _opt("json", doc="zmq: json or livelink packet bytes")
     topic: str = _opt("a2e", doc="zmq: topic prefix of every message")
+    names: Literal["arkit", "epic", "unified"] = _opt(
+        "arkit", doc="vrchat: ARKit names (jawOpen), epic (JawOpen) or unified (VRCFT v2: JawOpen, JawX)"
+    )
+    prefix: str | None = _opt(None, doc='vrchat: before each name; default "v2/" for unified, else ""')
+    parameters: list[str] | None = _opt(
+        None, _output_param_names, "vrchat: the parameters to send, in order (default: all of the scheme)"
+    )
+    channels: list[str] | None = _opt(
+        None, _blendshape_names, "console: the blendshapes to send, in order (default: all 52)"
+    )
+    rename: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"check": _output_param_names, "doc": 'vrchat, console: { jawOpen = "Mouth" } name map'},
+    )
+    address: str = _opt("/face/{name}", _console_address, "console: address template; {name}, {index}")
+    range: list[float] = _opt((0.0, 1.0), _value_range, "console: [low, high] a weight of 0..1 maps to")
+    value_type: Literal["float", "int"] = _opt("float", doc="console: send floats or (rounded) ints")
+    send_on_change: bool = _opt(False, doc="console: send a channel only when it moved > threshold")
+    threshold: float = _opt(0.0, _non_negative, "console: change (output units) that counts as a change")
+    keepalive_s: float = _opt(1.0, _non_negative, "console, send_on_change: resend all every N s (0 = never)")
+    transport: Literal["udp", "tcp"] = _opt("udp", doc="console: OSC over UDP or TCP")
+    framing: Literal["slip", "length"] = _opt("slip", doc="console, tcp: slip (OSC 1.1) or length (OSC 1.0)")
+    bundle: bool | None = _opt(None, doc="vrchat (default true), console (default false): send bundles")
     mirror: bool = _opt(False, doc="swap every Left/Right value")
 
     @property
@@ -138,9 +311,13 @@ class OutputConfig:
 
 _KIND_FIELDS = {
     "livelink": {"kind", "host", "port", "subject", "device_id", "mirror"},
-    "osc": {"kind", "host", "port", "scheme", "mirror"},
+    "osc": {"kind", "host", "port", "scheme", "speech", "mirror"},
     "zmq": {"kind", "endpoint", "subject", "device_id", "format", "topic", "mirror"},
-}
+    "vrchat": {"kind", "host", "port", "names", "prefix", "parameters", "rename", "bundle", "mirror"},
+    "ifacialmocap": {"kind", "host", "port", "mirror"},
+    "console": {"kind", "host", "port", "transport", "framing", "channels", "rename", "address", "range",
+                "value_type", "send_on_change", "threshold", "keepalive_s", "bundle", "mirror"},
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +404,9 @@ def _build(cls: type, table: dict[str, Any], source: str, where: str) -> Any:
         if f.name not in table:
             continue
         key = f"{where}.{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):  # a nested table, e.g. [post.gate]
+            values[f.name] = _build_table(hints[f.name], table[f.name], source, key)
+            continue
         value = _coerce(table[f.name], hints[f.name], source, key)
         check = f.metadata.get("check")
         problem = check(value) if (check and value is not None) else None
@@ -234,6 +414,14 @@ def _build(cls: type, table: dict[str, Any], source: str, where: str) -> Any:
             raise BridgeError(f"{source}: {key} = {table[f.name]!r} {problem}")
         values[f.name] = value
     return cls(**values)
+
+
+def _build_table(cls: type, table: Any, source: str, where: str) -> Any:
+    """A nested table such as ``[post.gate]``: unknown keys refused like a section's."""
+    if not isinstance(table, dict):
+        raise BridgeError(f"{source}: [{where}] must be a table")
+    _refuse_unknown(table, [f.name for f in dataclasses.fields(cls)], source, where + ".")
+    return _build(cls, table, source, where)
 
 
 def _describe(tp: Any) -> str:
@@ -244,6 +432,8 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a table of name = {_describe(typing.get_args(tp)[1])}"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -267,6 +457,12 @@ def _match(value: Any, tp: Any) -> tuple[bool, Any]:
             if ok:
                 return True, out
         return False, None
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return False, None
+        inner = typing.get_args(tp)[1]
+        entries = {k: _match(v, inner) for k, v in value.items()}
+        return all(ok for ok, _ in entries.values()), {k: out for k, (_, out) in entries.items()}
     if origin is list:
         if not isinstance(value, list):
             return False, None
@@ -288,14 +484,18 @@ def _match(value: Any, tp: Any) -> tuple[bool, Any]:
 def describe_schema() -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) rows for docs/configuration.md."""
     rows = []
-    for section, cls in [*_SECTIONS.items(), ("output", OutputConfig)]:
+    tables: list[tuple[str, type]] = [*_SECTIONS.items(), ("output", OutputConfig)]
+    for section, cls in tables:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):  # nested table: its keys follow
+                tables.append((f"{section}.{f.name}", hints[f.name]))
+                continue
             rows.append(
                 (
                     f"{section}.{f.name}",
                     _describe(hints[f.name]),
-                    repr(f.default),
+                    repr(f.default if f.default is not dataclasses.MISSING else f.default_factory()),
                     f.metadata.get("doc", ""),
                 )
             )

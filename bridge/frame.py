@@ -39,6 +39,10 @@ class FaceFrame:
     capture_time: float
     head: np.ndarray
     subject: str = ""
+    #: 1 - CTC blank probability for this frame, when the model has a CTC head
+    speech_prob: float | None = None
+    #: transcript characters (greedy CTC) whose audio ended in this frame; usually ""
+    text: str = ""
 
     @property
     def stream_time(self) -> float:

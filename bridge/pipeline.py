@@ -18,6 +18,7 @@ import numpy as np
 from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig
 from bridge.errors import BridgeError
+from bridge.fallback import FallbackEvent, FallbackSwitch
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
 from bridge.model.presets import description_for, get_preset, locate_model
 from bridge.model.runner import ModelRunner
@@ -26,6 +27,7 @@ from bridge.outputs.base import Output
 from bridge.post import build_post_chain
 from bridge.post.base import FrameContext
 from bridge.sources.base import AudioSource
+from bridge.speech import SpeechTrack
 from bridge.stats import RunStats
 from bridge.stream import InputStream
 
@@ -57,30 +59,32 @@ def build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource
 class LoadedModel:
     runner: ModelRunner
     preset: str
-    fallback_reason: str | None = None
+    fallback: FallbackEvent | None = None  #: set when this is the fallback after a failed load
+
+
+def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None) -> ModelRunner:
+    order = resolve_order(cfg.output_order) if cfg.output_order is not None else None
+    preset = get_preset(preset_name)
+    return ModelRunner(locate_model(preset, path), description_for(preset, order),
+                       providers=cfg.providers, threads=cfg.threads, identity=cfg.identity,
+                       window_samples=round(cfg.window_s * SAMPLE_RATE))  # fmt: skip
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Load the configured model; on failure load ``fallback`` (if set) and say why."""
-    window = round(cfg.window_s * SAMPLE_RATE)
-    order = resolve_order(cfg.output_order) if cfg.output_order is not None else None
-
-    def _load(preset_name: str, path: str | None) -> ModelRunner:
-        preset = get_preset(preset_name)
-        return ModelRunner(locate_model(preset, path), description_for(preset, order),
-                           providers=cfg.providers, threads=cfg.threads,
-                           identity=cfg.identity, window_samples=window)  # fmt: skip
-
     try:
-        return LoadedModel(_load(cfg.preset, cfg.path), cfg.preset)
+        return LoadedModel(_load_preset(cfg, cfg.preset, cfg.path), cfg.preset)
     except BridgeError as e:
         if not cfg.fallback or cfg.fallback == cfg.preset:
             raise
+        failed = time.monotonic()
         log.warning("model %s failed to load (%s); falling back to %s", cfg.preset, e, cfg.fallback)
         try:
-            return LoadedModel(_load(cfg.fallback, None), cfg.fallback, fallback_reason=str(e))
+            runner = _load_preset(cfg, cfg.fallback, None)
         except BridgeError as e2:
             raise BridgeError(f"{e} -- and the fallback {cfg.fallback!r} failed too: {e2}") from None
+        event = FallbackEvent(cfg.preset, cfg.fallback, str(e), time.monotonic() - failed, 0)
+        return LoadedModel(runner, cfg.fallback, event)
 
 
 FrameHook = Callable[[FaceFrame], None]
@@ -96,8 +100,13 @@ class Bridge:
         raw: bool = False,
         duration: float | None = None,
         on_frame: FrameHook | None = None,
+        live_hops: bool = False,
     ) -> None:
+        """``live_hops`` makes a fast (unpaced) file hop like a live input that keeps up:
+        one frame per model call, audio pulled only when the next frame needs it.  Offline
+        comparisons and calibration use it to reproduce realtime's frames exactly."""
         self.cfg = cfg
+        self.live_hops = live_hops
         self.on_frame = on_frame
         self.model = load_model(cfg.model)
         self.runner = self.model.runner
@@ -121,16 +130,26 @@ class Bridge:
                                   window_frames=window_frames,
                                   lookahead=cfg.schedule.lookahead_frames,
                                   limit_samples=limit)  # fmt: skip
+        if live_hops:
+            self.stream.scheduler.max_stride = 1
         self.realtime = cfg.input.kind == "device" or cfg.input.realtime
         self.max_latency_s = cfg.schedule.max_latency_ms / 1000.0
         self.stats = RunStats(provider=self.runner.provider, model=self.model.preset)
-        if self.model.fallback_reason:
-            self.stats.extra["fallback_reason"] = self.model.fallback_reason
+        if self.model.fallback is not None:
+            self.stats.extra["fallback"] = self.model.fallback.as_dict()
+        fb = cfg.model.fallback
+        can_switch = bool(fb) and fb != self.model.preset and self.model.fallback is None
+        self.fallback = FallbackSwitch(
+            (lambda: LoadedModel(_load_preset(cfg.model, fb, None), fb)) if can_switch else None,
+            cfg.model.fallback_after_s,
+            cfg.schedule.max_latency_ms,
+        )
         self._head = np.zeros(len(HEAD_EYE_NAMES), dtype=np.float32)
         self._rms = np.zeros(window_frames, dtype=np.float32)
         self._head_block = np.zeros((window_frames, len(HEAD_EYE_NAMES)), dtype=np.float32)
         self._subject = next((o.subject for o in cfg.outputs), "")
         self._est_inference_s = 0.0
+        self._speech = SpeechTrack()
         #: one capture block in 16 kHz samples (the granularity at which audio arrives)
         self._block16k = cfg.input.blocksize * SAMPLE_RATE / source.samplerate
 
@@ -168,7 +187,9 @@ class Bridge:
                     # frame's last sample is due, then poll cheaply (no pull) until it lands.
                     time.sleep(min(max(POLL_S / 2, (missing - self._block16k) / SAMPLE_RATE), 0.010))
                     continue
-                stream.pull()
+                # live_hops: keep the history no further ahead than the next frame needs.
+                if not self.live_hops or stream.history.count < self._next_needed():
+                    stream.pull()
                 if source.error:
                     raise BridgeError(source.error)
                 oldest = self._oldest_in_time() if self.realtime else None
@@ -191,10 +212,14 @@ class Bridge:
         stats.extra.update(self._input_counters())
         return stats
 
+    def _next_needed(self) -> int:
+        """Stream sample count at which the next frame can be published."""
+        sched = self.stream.scheduler
+        return frame_end_sample(sched.next_frame + sched.lookahead)
+
     def _samples_missing(self) -> float:
         """16 kHz samples still to arrive before the next frame can be published."""
-        sched = self.stream.scheduler
-        return frame_end_sample(sched.next_frame + sched.lookahead) - self.stream.expected_count()
+        return self._next_needed() - self.stream.expected_count()
 
     def _oldest_in_time(self) -> int | None:
         """Oldest ready frame that can still be sent within ``max_latency_ms``."""
@@ -208,8 +233,25 @@ class Bridge:
             k += 1
         return k
 
+    def _switch_model(self, loaded: LoadedModel, first_frame: int) -> None:
+        """Hand the hops to the fallback; the stream and the outputs carry on untouched."""
+        sw = self.fallback
+        event = FallbackEvent(self.model.preset, loaded.preset, sw.reason,
+                              time.monotonic() - sw.first_miss, first_frame)  # fmt: skip
+        log.warning("switching to fallback model %s at frame %d: %s", loaded.preset, first_frame, sw.reason)
+        self.model, self.runner = loaded, loaded.runner
+        self.stats.provider, self.stats.model = loaded.runner.provider, loaded.preset
+        self.stats.extra["fallback"] = event.as_dict()
+
     def _run_hop(self, hop) -> None:
         stats = self.stats
+        loaded = self.fallback.take()
+        if loaded is not None:
+            self._switch_model(loaded, hop.first)
+        elif self.fallback.error:
+            log.error("the fallback model failed to load: %s", self.fallback.error)
+            self.stats.extra["fallback_error"] = self.fallback.error
+            self.fallback.error = None
         window = self.stream.history.window_ending(hop.window_end)
         t0, c0 = time.perf_counter(), time.thread_time()
         out = self.runner.infer(window)
@@ -223,31 +265,47 @@ class Bridge:
         lo = frames - 1 - (hop.window_last_frame - hop.first)
         block = out[lo : lo + hop.stride]
         ctx = self._context(hop)
+        text = ""
+        logits = self.runner.last_asr_logits
+        if logits is not None:
+            ctx.speech_prob = self._speech.frames(logits, frames, lo, hop.stride)
+            text = self._speech.new_text(logits, hop.window_end, self.runner.window_samples,
+                                         frame_end_sample(hop.last))  # fmt: skip
         self.post.process(block, ctx)
+        worst_ms = 0.0
         for i in range(hop.stride):
             number = hop.first + i
             capture = self.stream.capture_time(frame_end_sample(number) - 1)
             head = ctx.head[i] if ctx.head is not None else self._head
-            frame = FaceFrame(number, block[i], capture, head, self._subject)
+            prob = float(ctx.speech_prob[i]) if ctx.speech_prob is not None else None
+            frame = FaceFrame(number, block[i], capture, head, self._subject, prob,
+                              text if i == hop.stride - 1 else "")  # fmt: skip
             for output in self.outputs:
                 output.publish(frame)
             now = time.monotonic()
-            stats.record_send(now, (now - capture) * 1000.0)
+            latency_ms = (now - capture) * 1000.0
+            stats.record_send(now, latency_ms)
+            worst_ms = max(worst_ms, latency_ms)
             if self.on_frame is not None:
                 self.on_frame(frame)
+        if self.fallback.armed:
+            self.fallback.observe(now, hop.dropped > 0 or worst_ms > self.max_latency_s * 1000.0)
 
     def _context(self, hop) -> FrameContext:
-        """Loudness of each published frame's own audio, for stages that gate on it."""
+        """The block's own audio and each frame's loudness, for stages that gate on them."""
         n = hop.stride
         rms = self._rms[:n]
         history = self.stream.history
+        start = frame_end_sample(hop.first - 1) if hop.first else 0
+        end = frame_end_sample(hop.last)
+        audio = history.window_ending(end)[history.window - (end - start) :]
         for i in range(n):
             k = hop.first + i
-            start, end = frame_end_sample(k - 1) if k else 0, frame_end_sample(k)
-            span = history.window_ending(end)[history.window - (end - start) :]
+            lo = (frame_end_sample(k - 1) if k else 0) - start
+            span = audio[lo : frame_end_sample(k) - start]
             rms[i] = np.sqrt(np.dot(span, span) / span.shape[0])
         self._head_block[:n] = 0.0
-        return FrameContext(hop.first, rms, None, self._head_block[:n])
+        return FrameContext(hop.first, rms, None, self._head_block[:n], audio=audio)
 
     def _log_status(self) -> None:
         s = self.stats

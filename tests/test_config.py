@@ -64,3 +64,12 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     bad.write_text("[input\nkind=", encoding="utf-8")
     with pytest.raises(BridgeError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_configuration_reference_matches_the_code() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_docs.py"), "--check"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

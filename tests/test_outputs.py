@@ -121,10 +121,10 @@ def test_osc_arkit_bundle() -> None:
 
 
 def test_osc_vmc_bundle() -> None:
-    frame = make_frame()
+    frame = make_frame(45)
     msgs = decode_osc_bundle(OscEncoder("vmc").encode(frame))
-    assert len(msgs) == 53
-    assert msgs[-1] == ("/VMC/Ext/Blend/Apply", [])
+    assert len(msgs) == 55
+    assert msgs[52:] == [("/VMC/Ext/OK", [1]), ("/VMC/Ext/T", [1.5]), ("/VMC/Ext/Blend/Apply", [])]
     for (address, args), name in zip(msgs, EPIC_NAMES, strict=False):
         assert address == "/VMC/Ext/Blend/Val"
         assert args == [name, expected(frame, name)]
@@ -165,12 +165,32 @@ def test_zmq_json_message() -> None:
     topic, payload = split(ZmqEncoder("json", "face", "Ana", "dev").encode(frame))
     doc = json.loads(payload)
     assert topic == b"face"
-    assert list(doc) == ["subject", "frame", "time", "names", "values"]
+    assert list(doc) == ["subject", "frame", "time", "names", "values", "speech", "text"]
     assert (doc["subject"], doc["frame"], doc["time"]) == ("Ana", 45, 1.5)
+    assert doc["speech"] is None and doc["text"] == ""  # no CTC head behind this frame
     assert doc["names"] == list(EPIC_NAMES)
     by_name = dict(zip(doc["names"], doc["values"], strict=True))
     for name in EPIC_NAMES:
         assert by_name[name] == pytest.approx(expected(frame, name), rel=1e-6)
+
+
+def test_osc_arkit_speech_message() -> None:
+    frame = make_frame(9)
+    frame.speech_prob = 0.75
+    msgs = decode_osc_bundle(OscEncoder("arkit", speech=True).encode(frame))
+    assert msgs[52] == ("/arkit/speech", [0.75]) and msgs[53] == ("/arkit/frame", [9])
+    frame.speech_prob = None  # a model without a CTC head
+    assert decode_osc_bundle(OscEncoder("arkit", speech=True).encode(frame))[52][1] == [-1.0]
+    with pytest.raises(BridgeError, match="needs scheme"):
+        OscEncoder("vmc", speech=True)
+
+
+def test_zmq_json_carries_speech_probability_and_text() -> None:
+    frame = make_frame(3)
+    frame.speech_prob = 0.8125
+    frame.text = 'HE SAID "HI"'
+    doc = json.loads(split(ZmqEncoder("json", "face", "Ana", "dev").encode(frame))[1])
+    assert doc["speech"] == 0.8125 and doc["text"] == 'HE SAID "HI"'
 
 
 def test_zmq_json_mirror_reuse_and_awkward_strings() -> None:

@@ -7,6 +7,7 @@ the whole pipeline can run offline (``--model synthetic``).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,18 @@ from pathlib import Path
 
 from bridge.errors import BridgeError
 from bridge.model.description import FAMILIES, LAM, WAV2ARKIT, ModelDescription
+
+log = logging.getLogger(__name__)
+
+
+LAM_REPO = "omote-ai/lam-a2e"
+WAV2ARKIT_REPO = "myned-ai/wav2arkit_cpu"
+
+#: Why ``lam-int8`` is not recommended (seed card, "Quantization Results").
+INT8_WARNING = (
+    "int8 degrades this model: dynamic int8 LAM has cosine < 0.99 and magnitude ratios 0.45-1.21 "
+    "against fp32 (seed model card); use the default 'lam' (surgical fp16) for real output"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,20 +39,49 @@ class Preset:
     repo: str | None = None  #: hub repository for real models
     files: tuple[str, ...] = ()  #: graph file first, then external data, relative to the repo
     synthetic: tuple[str, str, bool] | None = None  #: (family, size, oracle) for built models
+    revision: str = "main"  #: hub branch, tag or commit
+    sizes: tuple[str, ...] = ()  #: per file, as the seed card lists them (documentation only)
+    warning: str | None = None  #: logged whenever the preset is loaded
 
     @property
     def graph_file(self) -> str:
         return self.files[0] if self.files else f"{self.name}.onnx"
 
+    @property
+    def interface(self) -> str:
+        """One line: inputs, outputs, output order, fps and identity handling."""
+        d = self.description
+        ins = [f"{d.audio_input} [batch, samples] 16 kHz"]
+        if d.identity_input:
+            ins.append(f"{d.identity_input} [batch, {d.identity_classes}] one-hot, index 0 = neutral")
+        outs = [f"{d.blendshapes_output} [batch, frames, 52] {d.fps} fps"]
+        if d.asr_output:
+            outs.append(f"{d.asr_output} [batch, frames50, 32] CTC 50 fps")
+        order = "ARKit/Epic" if d.output_order[:2] == ("eyeBlinkLeft", "eyeLookDownLeft") else "alphabetical"
+        ident = "identity input" if d.identity_input else "no identity input (identity 11 baked in)"
+        return f"in: {', '.join(ins)}; out: {', '.join(outs)}; {order} order; {ident}"
+
+
+def _lam(name: str, summary: str, files: tuple[str, ...], sizes: tuple[str, ...],
+         warning: str | None = None) -> Preset:  # fmt: skip
+    return Preset(name, LAM, summary, repo=LAM_REPO, files=files, sizes=sizes, warning=warning)
+
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("lam", LAM, "LAM Audio-to-Expression, surgical fp16 (the default)",
-               repo="omote-ai/lam-a2e", files=("model_fp16.onnx", "model_fp16.onnx.data")),
+        _lam("lam", "LAM Audio-to-Expression, surgical fp16: LayerNorms kept fp32 (the default)",
+             ("model_fp16.onnx", "model_fp16.onnx.data"), ("385 KB", "192 MB")),
+        _lam("lam-fp32", "LAM fp32 reference (max quality, debugging)",
+             ("fp32/model.onnx", "fp32/model.onnx.data"), ("301 KB", "384 MB")),
+        _lam("lam-fp32-single", "LAM fp32 as one file (legacy)", ("model.onnx",), ("384 MB",)),
+        _lam("lam-fp16-naive", "LAM naive fp16 (superseded by lam: subdued output on GPU)",
+             ("fp16/model.onnx", "fp16/model.onnx.data"), ("411 KB", "192 MB")),
+        _lam("lam-int8", "LAM dynamic int8 (degraded: not recommended)",
+             ("int8/model.onnx", "int8/model.onnx.data"), ("541 KB", "97 MB"), warning=INT8_WARNING),
         Preset("wav2arkit", WAV2ARKIT, "wav2arkit_cpu, the lighter fallback (fp32)",
-               repo="myned-ai/wav2arkit_cpu",
-               files=("wav2arkit_cpu.onnx", "wav2arkit_cpu.onnx.data")),
+               repo=WAV2ARKIT_REPO, files=("wav2arkit_cpu.onnx", "wav2arkit_cpu.onnx.data"),
+               sizes=("1.86 MB", "402 MB")),
         Preset("synthetic", LAM, "tiny synthetic LAM (random weights, same interface): "
                "tries the pipeline offline", synthetic=("lam", "tiny", False)),
         Preset("synthetic-full", LAM, "synthetic LAM with wav2vec2-base compute, for benchmarks",
@@ -70,11 +112,17 @@ def get_preset(name: str) -> Preset:
 
 
 def hub_path(preset: Preset, file: str) -> Path:
+    """Where ``file`` (repo-relative) of ``preset``'s hub repository lives in the cache."""
     return home_dir() / "hub" / str(preset.repo) / file
 
 
-def locate_model(preset: Preset, override: str | None = None) -> Path:
-    """The graph file to load for ``preset``: ``override`` if given, else the cached or built file."""
+def locate_model(preset: Preset, override: str | None = None, *, fetch_missing: bool = False) -> Path:
+    """The graph file to load for ``preset``: ``override`` if given, else the cached or built file.
+
+    Hub files are verified against the sha256 recorded when they were fetched;
+    missing ones are downloaded first when ``fetch_missing`` allows it (and the
+    hub is not in offline mode), otherwise the error says what to put where.
+    """
     if override is not None:
         p = Path(override).expanduser()
         if not p.is_file():
@@ -85,15 +133,12 @@ def locate_model(preset: Preset, override: str | None = None) -> Path:
         return p
     if preset.synthetic is not None:
         return build_synthetic(preset)
-    missing = [f for f in preset.files if not hub_path(preset, f).is_file()]
-    if missing:
-        where = hub_path(preset, "")
-        raise BridgeError(
-            f"model {preset.name!r} is not downloaded: looked for {', '.join(missing)} in {where}; "
-            f"download them from the hub repository {preset.repo} into that folder "
-            "(or set [model] path), or try the pipeline offline with --model synthetic"
-        )
-    return hub_path(preset, preset.files[0])
+    from bridge.model.hub import ensure_local
+
+    path = ensure_local(preset, fetch_missing=fetch_missing)
+    if preset.warning:
+        log.warning("model %r: %s", preset.name, preset.warning)
+    return path
 
 
 def build_synthetic(preset: Preset) -> Path:
@@ -115,4 +160,4 @@ def description_for(preset: Preset, output_order: tuple[str, ...] | None) -> Mod
     return desc.with_order(output_order) if output_order is not None else desc
 
 
-__all__ = ["FAMILIES", "PRESETS", "Preset", "get_preset", "locate_model", "home_dir"]
+__all__ = ["FAMILIES", "PRESETS", "Preset", "get_preset", "hub_path", "locate_model", "home_dir"]

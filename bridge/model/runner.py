@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bridge.blendshapes import NUM_BLENDSHAPES, model_to_canonical
 from bridge.errors import BridgeError
 from bridge.model.description import FAMILIES, ModelDescription
+from bridge.model.inspect import check_model_files
+from bridge.model.session_cache import create_session
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,20 @@ def choose_providers(wanted: tuple[str, ...] | list[str]) -> list[str]:
     return chosen
 
 
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """The runner's session options (also what its optimised-graph cache entries are made with)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning worker threads steal the core the audio callback needs (models.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
 class ModelRunner:
     """Runs windows of 16 kHz audio through one ONNX model."""
 
@@ -58,28 +77,32 @@ class ModelRunner:
         threads: int = 0,
         identity: int = 0,
         window_samples: int = 16000,
+        cache_optimized: bool = True,
     ) -> None:
-        import onnxruntime as ort
 
         self.path = Path(path)
         self.description = description
         self.window_samples = window_samples
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning worker threads steal the core the audio callback needs (models.md).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        t0 = time.perf_counter()
+        check_model_files(self.path)  # a missing/short weights file: one line, before ORT sees it
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=choose_providers(providers)
-            )
+            start = create_session(
+                self.path, lambda: session_options(threads), choose_providers(providers),
+                use_cache=cache_optimized,
+            )  # fmt: skip
+        except BridgeError:
+            raise
         except Exception as e:  # ORT raises several pybind types; all mean "cannot load"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BridgeError(f"cannot load model {self.path}: {first}") from None
-        self.load_seconds = time.perf_counter() - t0
+        self.session = start.session
+        #: Seconds the session took to start: ORT's creation plus hashing the files for the cache key.
+        self.load_seconds = start.seconds + start.hash_seconds
+        #: Resident memory the session creation peaked at, above where it started (bytes, or None).
+        self.load_peak_bytes = start.peak_rss_delta
+        #: "hit" (optimised graph loaded from disk), "stored", "off" or "unavailable".
+        self.session_cache = start.cache
+        self.session_start = start
+        log.debug("%s: %s", self.path.name, start.describe())
         self.provider = self.session.get_providers()[0]
         self._check_interface()
         self._to_canonical = model_to_canonical(description.output_order)

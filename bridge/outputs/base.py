@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -33,8 +34,26 @@ class Encoder(Protocol):
         ...
 
 
+class MultiEncoder(Protocol):
+    """FaceFrame -> the packets of one frame, for receivers that want one OSC message per
+    value (VRChat, consoles).  Pure like :class:`Encoder`, but may keep state between frames
+    (send-on-change), so each frame is encoded once, in order.  Zero packets is valid."""
+
+    def packet_views(self, frame: FaceFrame) -> Sequence[Buffer]:
+        """The frame's packets; views valid only until the next call."""
+        ...
+
+    def encode_packets(self, frame: FaceFrame) -> list[bytes]:
+        """Like :meth:`packet_views`, as independent ``bytes`` copies."""
+        ...
+
+
 class Transport(Protocol):
-    """Moves bytes; never blocks the caller and never raises on a failed send."""
+    """Moves bytes; never blocks the caller and never raises on a failed send.
+
+    Optional extras an :class:`Output` uses when present: ``send_batch(packets)`` (all
+    packets of one frame at once) and ``take_resync() -> bool`` (True once after the
+    receiver may have missed packets, so a send-on-change encoder resends everything)."""
 
     def send(self, data: Buffer) -> None: ...
 
@@ -107,15 +126,35 @@ class UdpTransport:
 class Output:
     """One configured destination: an encoder and a transport under a readable name."""
 
-    def __init__(self, name: str, encoder: Encoder, transport: Transport) -> None:
+    def __init__(self, name: str, encoder: Encoder | MultiEncoder, transport: Transport) -> None:
         self.name = name
         self.encoder = encoder
         self.transport = transport
+        self._packets = getattr(encoder, "packet_views", None)
+        self._send_batch = getattr(transport, "send_batch", None)
+        take_resync = getattr(transport, "take_resync", None)
+        resync = getattr(encoder, "resync", None)
+        self._take_resync = take_resync if resync is not None else None
+        self._resync = resync
 
     def publish(self, frame: FaceFrame) -> None:
-        """Encode and hand off one frame.  Uses the zero-copy view: transports send
-        synchronously (the kernel or libzmq copies), so the view is never kept."""
-        self.transport.send(self.encoder.encode_view(frame))
+        """Encode and hand off one frame.  Uses zero-copy views: transports send
+        synchronously (the kernel or libzmq copies) or copy before queueing, so a view is
+        never kept past this call."""
+        if self._packets is None:
+            self.transport.send(self.encoder.encode_view(frame))  # type: ignore[union-attr]
+            return
+        if self._take_resync is not None and self._take_resync():
+            self._resync()  # type: ignore[misc]
+        packets = self._packets(frame)
+        if not packets:
+            return
+        if self._send_batch is not None:
+            self._send_batch(packets)
+        else:
+            send = self.transport.send
+            for p in packets:
+                send(p)
 
     def close(self) -> None:
         self.transport.close()

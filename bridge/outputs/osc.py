@@ -1,5 +1,10 @@
 """OSC bundles: ``arkit`` (one address per blendshape) and ``vmc`` (VMC protocol).
 
+The ``vmc`` bundle is what VSeeFace, VNyan and Warudo read from a performer app: the 52
+``/VMC/Ext/Blend/Val`` clips, ``/VMC/Ext/OK 1`` (a model is loaded and tracking),
+``/VMC/Ext/T`` (the sender's time in seconds: the frame's stream time) and last
+``/VMC/Ext/Blend/Apply``.
+
 The bundle is built once with python-osc's builders (so its framing is python-osc's, not
 ours), then the byte offset of every float argument is located; per frame the 52 floats
 are scattered into the template with one numpy assignment and the frame number with one
@@ -17,7 +22,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge.blendshapes import EPIC_NAMES, NUM_BLENDSHAPES, mirror_permutation
 from bridge.errors import BridgeError
-from bridge.frame import FaceFrame
+from bridge.frame import FPS, FaceFrame
 from bridge.outputs.base import inverse_permutation, wrap_int32
 
 OscScheme = Literal["arkit", "vmc"]
@@ -25,15 +30,20 @@ SCHEMES: tuple[str, ...] = ("arkit", "vmc")
 
 ARKIT_PREFIX = "/arkit/"
 ARKIT_FRAME_ADDRESS = "/arkit/frame"
+ARKIT_SPEECH_ADDRESS = "/arkit/speech"
+_SPEECH_PLACEHOLDER = 23456.5
 VMC_VALUE_ADDRESS = "/VMC/Ext/Blend/Val"
 VMC_APPLY_ADDRESS = "/VMC/Ext/Blend/Apply"
+VMC_OK_ADDRESS = "/VMC/Ext/OK"
+VMC_TIME_ADDRESS = "/VMC/Ext/T"
+_TIME_PLACEHOLDER = 12345.5  # exact in float32; located below, then zeroed
 
 _BUNDLE_HEADER = 16  # "#bundle\0" + 8-byte time tag
 _I32 = struct.Struct(">i")
 _F32 = struct.Struct(">f")
 
 
-def _messages(scheme: str) -> list[OscMessageBuilder]:
+def _messages(scheme: str, speech: bool = False) -> list[OscMessageBuilder]:
     """The bundle's messages, float slots filled with their index (checked below)."""
     msgs = []
     for i, name in enumerate(EPIC_NAMES):
@@ -45,11 +55,19 @@ def _messages(scheme: str) -> list[OscMessageBuilder]:
         m.add_arg(float(i), OscMessageBuilder.ARG_TYPE_FLOAT)
         msgs.append(m)
     if scheme == "arkit":
+        if speech:
+            sp = OscMessageBuilder(ARKIT_SPEECH_ADDRESS)
+            sp.add_arg(_SPEECH_PLACEHOLDER, OscMessageBuilder.ARG_TYPE_FLOAT)
+            msgs.append(sp)
         m = OscMessageBuilder(ARKIT_FRAME_ADDRESS)
         m.add_arg(0x5A5A5A5A, OscMessageBuilder.ARG_TYPE_INT)
-    else:
-        m = OscMessageBuilder(VMC_APPLY_ADDRESS)
-    msgs.append(m)
+        msgs.append(m)
+        return msgs
+    ok = OscMessageBuilder(VMC_OK_ADDRESS)
+    ok.add_arg(1, OscMessageBuilder.ARG_TYPE_INT)
+    t = OscMessageBuilder(VMC_TIME_ADDRESS)
+    t.add_arg(_TIME_PLACEHOLDER, OscMessageBuilder.ARG_TYPE_FLOAT)
+    msgs += [ok, t, OscMessageBuilder(VMC_APPLY_ADDRESS)]
     return msgs
 
 
@@ -66,19 +84,24 @@ def _last_arg_offsets(dgram: bytes) -> list[int]:
 class OscEncoder:
     """FaceFrame -> one OSC bundle (time tag "immediately") per frame.
 
-    ``arkit``: ``/arkit/<EpicName> f`` for each of the 52 shapes, then ``/arkit/frame i``.
-    ``vmc``: ``/VMC/Ext/Blend/Val s f`` for each of the 52, then ``/VMC/Ext/Blend/Apply``.
+    ``arkit``: ``/arkit/<EpicName> f`` for each of the 52 shapes, with ``speech`` also
+    ``/arkit/speech f`` (1 - CTC blank probability; -1 when the model has no CTC head), then
+    ``/arkit/frame i``.
+    ``vmc``: ``/VMC/Ext/Blend/Val s f`` for each of the 52, ``/VMC/Ext/OK i`` (1),
+    ``/VMC/Ext/T f`` (``frame.number / 30``), then ``/VMC/Ext/Blend/Apply``.
     ``encode`` returns fresh ``bytes``; ``encode_view`` a view of the template, valid until
     the next call.  ``mirror`` swaps every Left/Right value (names stay in place).
     """
 
-    def __init__(self, scheme: OscScheme = "arkit", mirror: bool = False) -> None:
+    def __init__(self, scheme: OscScheme = "arkit", mirror: bool = False, speech: bool = False) -> None:
         if scheme not in SCHEMES:
             raise BridgeError(f"osc output: scheme {scheme!r} is not known; use arkit or vmc")
+        if speech and scheme != "arkit":
+            raise BridgeError("osc output: speech = true needs scheme = \"arkit\" (VMC has no such clip)")
         self.scheme = scheme
         self.mirror = mirror
         bundle = OscBundleBuilder(IMMEDIATELY)
-        for m in _messages(scheme):
+        for m in _messages(scheme, speech):
             bundle.add_content(m.build())
         dgram = bundle.build().dgram
         offsets = _last_arg_offsets(dgram)
@@ -89,8 +112,20 @@ class OscEncoder:
         self._buf = bytearray(dgram)
         self._view = memoryview(self._buf)
         self._frame_at: int | None = None
+        self._time_at: int | None = None
+        if scheme == "vmc":
+            self._time_at = offsets[NUM_BLENDSHAPES + 1]
+            if _F32.unpack_from(dgram, self._time_at)[0] != _TIME_PLACEHOLDER:
+                raise RuntimeError("OSC template: VMC time not found")
+            _F32.pack_into(self._buf, self._time_at, 0.0)
+        self._speech_at: int | None = None
+        if speech:
+            self._speech_at = offsets[NUM_BLENDSHAPES]
+            if _F32.unpack_from(dgram, self._speech_at)[0] != _SPEECH_PLACEHOLDER:
+                raise RuntimeError("OSC template: speech value not found")
+            _F32.pack_into(self._buf, self._speech_at, -1.0)
         if scheme == "arkit":
-            self._frame_at = offsets[NUM_BLENDSHAPES]
+            self._frame_at = offsets[NUM_BLENDSHAPES + (1 if speech else 0)]
             if _I32.unpack_from(dgram, self._frame_at)[0] != 0x5A5A5A5A:
                 raise RuntimeError("OSC template: frame number not found")
             _I32.pack_into(self._buf, self._frame_at, 0)
@@ -115,6 +150,11 @@ class OscEncoder:
         self._u8[self._bytes_at] = self._scratch_u8
         if self._frame_at is not None:
             _I32.pack_into(self._buf, self._frame_at, wrap_int32(frame.number))
+        if self._time_at is not None:
+            _F32.pack_into(self._buf, self._time_at, frame.number / FPS)
+        if self._speech_at is not None:
+            prob = frame.speech_prob
+            _F32.pack_into(self._buf, self._speech_at, -1.0 if prob is None else prob)
         return self._view
 
     def encode(self, frame: FaceFrame) -> bytes:

@@ -39,7 +39,7 @@ def _check_topic(topic: str) -> None:
 class ZmqEncoder:
     """FaceFrame -> ``topic + b" " + payload`` for a PUB socket.
 
-    ``json``: ``{"subject", "frame", "time", "names", "values"}`` built from a precomputed
+    ``json``: ``{"subject", "frame", "time", "names", "values", "speech", "text"}`` from a precomputed
     %-template (the names and key text are constant); a non-finite value is written as
     ``null`` so the JSON stays standard.  ``livelink``: the exact
     :class:`~bridge.outputs.livelink.LiveLinkEncoder` packet, patched in place behind the
@@ -78,7 +78,7 @@ class ZmqEncoder:
             + lit(list(EPIC_NAMES))
             + ',"values":['
             + values
-            + "]}"
+            + '],"speech":%s,"text":%s}'
         )
         self._scratch = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
         self._dst: slice | np.ndarray = (
@@ -90,11 +90,13 @@ class ZmqEncoder:
         if self._livelink is not None:
             return self._livelink.encode(frame)
         self._scratch[self._dst] = frame.values
-        text = self._template % (frame.number, frame.number / FPS, *self._scratch.tolist())
+        speech = "null" if frame.speech_prob is None else f"{frame.speech_prob:.4f}"
+        words = json.dumps(frame.text, ensure_ascii=False) if frame.text else '""'
+        text = self._template % (frame.number, frame.number / FPS, *self._scratch.tolist(), speech, words)
         start = text.rfind('"values":[')
-        if "n" in text[start:]:  # nan / inf (a formatted finite number has no 'n')
-            fixed = re.sub(r"-?inf|nan", "null", text[start:])
-            text = text[:start] + fixed
+        end = text.rfind('],"speech":')
+        if "n" in text[start:end]:  # nan / inf (a formatted finite number has no 'n')
+            text = text[:start] + re.sub(r"-?inf|nan", "null", text[start:end]) + text[end:]
         return text.encode()
 
     def encode_view(self, frame: FaceFrame) -> memoryview:

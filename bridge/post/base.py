@@ -23,6 +23,9 @@ class FrameContext:
     rms: np.ndarray  #: float32 (n,): RMS of each frame's own 1/30 s of 16 kHz audio
     speech_prob: np.ndarray | None = None  #: float32 (n,): 1 - CTC blank probability, if the model has it
     head: np.ndarray | None = None  #: float32 (n, 9): Live Link head/eye values a stage may fill
+    #: float32: the block's own 16 kHz audio, frames first..first+n-1 back to back (samples
+    #: frame_end_sample(first - 1) .. frame_end_sample(first + n - 1)); for the Silero VAD gate
+    audio: np.ndarray | None = None
 
     @property
     def count(self) -> int:

@@ -1,0 +1,77 @@
+"""iFacialMocap's UDP text, which VSeeFace, VNyan, Warudo and other VTuber apps read as
+"iPhone tracking" (default port 49983).
+
+One datagram per frame, ASCII::
+
+    eyeBlink_L-37|eyeLookDown_L-0|...|tongueOut-0|=head#P,Y,R,X,Y,Z|rightEye#P,Y,R|leftEye#P,Y,R|
+
+* 52 fields ``<name>-<int 0..100>`` separated by ``|``: the ARKit weight times 100, rounded
+  and clamped.  Names are ARKit's with a trailing ``Left``/``Right`` written ``_L``/``_R``
+  (``eyeBlink_L``, ``mouthSmile_R``, ``browOuterUp_L``), except ``jawLeft``,
+  ``jawRight``, ``mouthLeft`` and ``mouthRight``, which the app keeps whole (they are
+  directions, not sides).  Receivers look fields up by name; the order is Epic's.
+* ``=head#`` pitch, yaw, roll in degrees, then the head position x, y, z (sent as 0: an
+  audio model has none); ``rightEye#`` and ``leftEye#`` pitch, yaw, roll in degrees.  The
+  angles are the Live Link head/eye values times 180 (zero unless a stage sets them).
+
+This is the app's original ("v1") format, sent unsolicited: a receiver that first sends
+the iFacialMocap handshake to port 49983 of the "phone" gets the same stream either way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bridge.blendshapes import ARKIT_NAMES, LIVELINK_NAMES, NUM_BLENDSHAPES, mirror_permutation
+from bridge.frame import FaceFrame
+
+#: Names iFacialMocap keeps whole although they end in Left/Right.
+_DIRECTIONS = frozenset({"jawLeft", "jawRight", "mouthLeft", "mouthRight"})
+
+
+def ifacialmocap_name(arkit: str) -> str:
+    """``eyeBlinkLeft`` -> ``eyeBlink_L``, ``jawLeft`` -> ``jawLeft``."""
+    if arkit in _DIRECTIONS:
+        return arkit
+    if arkit.endswith("Left"):
+        return arkit[:-4] + "_L"
+    if arkit.endswith("Right"):
+        return arkit[:-5] + "_R"
+    return arkit
+
+
+#: The 52 names as iFacialMocap spells them, in Epic's order.
+IFACIALMOCAP_NAMES: tuple[str, ...] = tuple(ifacialmocap_name(n) for n in ARKIT_NAMES)
+
+#: Live Link head/eye value index (into FaceFrame.head) for each angle the text carries.
+_HEAD = (1, 0, 2)  # HeadPitch, HeadYaw, HeadRoll
+_RIGHT_EYE = (7, 6, 8)  # RightEyePitch, RightEyeYaw, RightEyeRoll
+_LEFT_EYE = (4, 3, 5)  # LeftEyePitch, LeftEyeYaw, LeftEyeRoll
+
+
+class IFacialMocapEncoder:
+    """FaceFrame -> one iFacialMocap text datagram (ASCII bytes).
+
+    Built from a %-template whose names and separators are constant.  ``mirror`` swaps
+    every Left/Right value, eye rotations included.
+    """
+
+    def __init__(self, mirror: bool = False) -> None:
+        self.mirror = mirror
+        shapes = "|".join(f"{n}-%d" for n in IFACIALMOCAP_NAMES)
+        angles = ",".join(["%.4f"] * 3)
+        self._template = f"{shapes}|=head#{angles},0.0000,0.0000,0.0000|rightEye#{angles}|leftEye#{angles}|"
+        perm = mirror_permutation(LIVELINK_NAMES) if mirror else np.arange(len(LIVELINK_NAMES))
+        self._shape_src = perm[:NUM_BLENDSHAPES]
+        head_perm = perm[NUM_BLENDSHAPES:] - NUM_BLENDSHAPES
+        self._angle_src = head_perm[list(_HEAD + _RIGHT_EYE + _LEFT_EYE)]
+
+    def encode(self, frame: FaceFrame) -> bytes:
+        """The datagram for ``frame``."""
+        v = np.nan_to_num(np.asarray(frame.values, dtype=np.float64)[self._shape_src], nan=0.0)
+        ints = np.clip(np.rint(v * 100.0), 0, 100).astype(np.int64).tolist()
+        deg = np.nan_to_num(np.asarray(frame.head, dtype=np.float64)[self._angle_src] * 180.0)
+        return (self._template % (*ints, *deg.tolist())).encode("ascii")
+
+    def encode_view(self, frame: FaceFrame) -> memoryview:
+        return memoryview(self.encode(frame))

@@ -1,0 +1,147 @@
+"""Neutral calibration: subtract the model's output floor measured in the user's silence.
+
+``a2e-bridge calibrate`` runs a few seconds of the user's room tone (their
+microphone, their noise, their model and identity) through the realtime path
+and stores, per channel, the median weight: what the model says when nobody
+speaks.  The :class:`Calibration` stage subtracts it, so silence maps to 0 on
+every channel, and (``calibration_rescale``) stretches ``(x - floor)`` back to
+the full 0..1 range so a fully open jaw still reaches 1.  Delay: none.
+
+File format (TOML or JSON, by extension): ``format``, ``version``, a few facts
+about the recording (``model``, ``seconds``, ``frames``, ``noise_db``) and a
+table ``offsets`` of ARKit name = floor.  Names are read case-insensitively;
+channels the file does not name get no offset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.blendshapes import ARKIT_NAMES, NUM_BLENDSHAPES, canonical_index
+from bridge.errors import BridgeError
+from bridge.post.base import FrameContext
+
+FORMAT = "a2e-bridge-calibration"
+VERSION = 1
+#: Floors above this are treated as this (a channel stuck near 1 cannot be stretched back).
+MAX_FLOOR = 0.9
+
+
+@dataclass(slots=True)
+class CalibrationData:
+    """Per-channel floors (canonical order) plus what was measured."""
+
+    offsets: np.ndarray  #: float32 (52,)
+    model: str = ""
+    seconds: float = 0.0
+    frames: int = 0
+    noise_db: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_recording(
+        cls, values: np.ndarray, rms: np.ndarray | None = None, **facts: Any
+    ) -> CalibrationData:
+        """Median of each channel over the recorded frames; noise level from the frames' RMS."""
+        if values.shape[0] == 0:
+            raise BridgeError("calibration recorded no frames: give at least a second of silence")
+        offsets = np.median(values, axis=0).astype(np.float32)
+        noise_db = None
+        if rms is not None and rms.shape[0]:
+            level = float(np.sqrt(np.mean(np.square(rms, dtype=np.float64))))
+            noise_db = round(20.0 * math.log10(max(level, 1e-10)), 1)
+        return cls(offsets=offsets, frames=int(values.shape[0]), noise_db=noise_db, **facts)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": FORMAT, "version": VERSION, "model": self.model,
+                             "seconds": round(self.seconds, 3), "frames": self.frames}  # fmt: skip
+        d.update(self.extra)
+        if self.noise_db is not None:
+            d["noise_db"] = self.noise_db
+        d["offsets"] = {n: round(float(v), 6) for n, v in zip(ARKIT_NAMES, self.offsets, strict=True)}
+        return d
+
+
+def save_calibration(path: str | Path, data: CalibrationData) -> None:
+    """Write ``data`` as TOML (``.toml``) or JSON (``.json``)."""
+    p = Path(path)
+    d = data.as_dict()
+    if p.suffix.lower() == ".json":
+        text = json.dumps(d, indent=2) + "\n"
+    elif p.suffix.lower() == ".toml":
+        lines = ["# a2e-bridge neutral calibration: the model's output in the user's silence.",
+                 "# Use it with [post] calibration = \"<this file>\"."]  # fmt: skip
+        for k, v in d.items():
+            if k != "offsets":
+                lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
+        lines.append("[offsets]")
+        lines.extend(f"{n} = {v!r}" for n, v in d["offsets"].items())
+        text = "\n".join(lines) + "\n"
+    else:
+        raise BridgeError(f"calibration file {p}: use a .toml or .json name")
+    try:
+        p.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise BridgeError(f"cannot write {p}: {e.strerror or e}") from None
+
+
+def load_calibration(path: str | Path) -> CalibrationData:
+    """Read a calibration file; every problem is one line naming the file."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BridgeError(
+            f"cannot read calibration file {p} (post.calibration): {e.strerror or e}; "
+            "make one with `a2e-bridge calibrate -o FILE`"
+        ) from None
+    try:
+        d = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise BridgeError(f"calibration file {p} is not valid {p.suffix.lstrip('.').upper()}: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("offsets"), dict):
+        raise BridgeError(f"{p} is not an a2e-bridge calibration file (made by `a2e-bridge calibrate`)")
+    offsets = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
+    for name, value in d["offsets"].items():
+        try:
+            idx = canonical_index(str(name))
+        except BridgeError as e:
+            raise BridgeError(f"calibration file {p}: {e}") from None
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise BridgeError(f"calibration file {p}: offsets.{name} = {value!r} must be a number in 0..1")
+        offsets[idx] = value
+    known = {"format", "version", "model", "seconds", "frames", "noise_db", "offsets"}
+    return CalibrationData(
+        offsets=offsets, model=str(d.get("model", "")), seconds=float(d.get("seconds", 0.0)),
+        frames=int(d.get("frames", 0)), noise_db=d.get("noise_db"),
+        extra={k: v for k, v in d.items() if k not in known},
+    )  # fmt: skip
+
+
+class Calibration:
+    """``y = max(x - floor, 0)``, optionally ``/ (1 - floor)`` to keep the full range."""
+
+    delay_frames = 0
+
+    def __init__(self, offsets: np.ndarray, rescale: bool = True) -> None:
+        floor = np.minimum(np.asarray(offsets, dtype=np.float32), np.float32(MAX_FLOOR))
+        self.offsets = floor
+        self.scale = (1.0 / (1.0 - floor)).astype(np.float32) if rescale else None
+
+    @classmethod
+    def from_file(cls, path: str | Path, rescale: bool = True) -> Calibration:
+        return cls(load_calibration(path).offsets, rescale)
+
+    def process(self, values: np.ndarray, ctx: FrameContext) -> None:
+        values -= self.offsets
+        np.maximum(values, 0.0, out=values)
+        if self.scale is not None:
+            values *= self.scale

@@ -1,0 +1,51 @@
+"""What the CTC head says about each published frame: speech probability and new text.
+
+Per hop the model sees a whole window, but only the frames being published are
+new.  ``SpeechTrack`` takes the window's CTC logits and returns, for those
+frames, ``1 - P(blank)`` (the voice gate's input) and the characters whose CTC
+steps end inside the newly published audio, decoded greedily with the repeat
+collapse carried across hops, so the running text reads like one decode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bridge.model.ctc import BLANK_ID, CTC_VOCAB, SPECIAL_IDS, SpeechProbability, _check_logits
+
+#: wav2vec2's feature extractor: one CTC step every 320 samples, each seeing 400.
+STEP_HOP = 320
+STEP_SPAN = 400
+
+
+class SpeechTrack:
+    """Speech probability per published frame and a streaming greedy transcript."""
+
+    def __init__(self) -> None:
+        self._prob = SpeechProbability()
+        self._decoded_to = 0  #: stream sample up to which steps have been decoded
+        self._last_id = BLANK_ID  #: last path token, for collapsing repeats across hops
+
+    def frames(self, logits: np.ndarray, window_frames: int, lo: int, count: int) -> np.ndarray:
+        """Speech probability of window frames ``lo .. lo + count - 1`` (a reused view)."""
+        return self._prob(logits, window_frames)[lo : lo + count]
+
+    def new_text(self, logits: np.ndarray, window_end: int, window: int, upto: int) -> str:
+        """Characters of the steps that end in (decoded_to, upto]; ``|`` becomes a space."""
+        a = _check_logits(logits)
+        start = window_end - window
+        ends = start + np.arange(a.shape[0]) * STEP_HOP + STEP_SPAN
+        pick = (ends > self._decoded_to) & (ends <= upto)
+        if not pick.any():
+            return ""
+        ids = a[pick].argmax(axis=1)
+        out = []
+        last = self._last_id
+        for i in ids:
+            i = int(i)
+            if i != last and i >= SPECIAL_IDS:
+                out.append(" " if CTC_VOCAB[i] == "|" else CTC_VOCAB[i])
+            last = i
+        self._last_id = last
+        self._decoded_to = int(ends[pick][-1])
+        return "".join(out)

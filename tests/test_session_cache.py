@@ -1,0 +1,140 @@
+"""Session start: the optimised-graph cache, its measurements, and bad model files at load time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bridge.cli import main
+from bridge.errors import BridgeError
+from bridge.model.description import LAM
+from bridge.model.runner import ModelRunner
+from bridge.model.session_cache import PeakRss, cache_root, file_sha256, forget_hashes
+from bridge.model.synth import build_lam, save_model
+from bridge.signals import speech_like
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return save_model(build_lam("tiny", seed=11), tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("A2E_BRIDGE_HOME", str(home))
+    return home
+
+
+def _runner(path: Path, **kw: object) -> ModelRunner:
+    return ModelRunner(path, LAM, providers=["cpu"], threads=1, **kw)  # type: ignore[arg-type]
+
+
+def test_second_start_loads_the_optimised_graph(tiny: Path, fresh_home: Path) -> None:
+    first = _runner(tiny)
+    assert first.session_cache == "stored"
+    entries = [d for d in cache_root().iterdir() if not d.name.startswith(".")]
+    assert len(entries) == 1
+    entry = entries[0]
+    assert {p.name for p in entry.iterdir()} == {"model.onnx", "model.onnx.data", "meta.json"}
+    meta = json.loads((entry / "meta.json").read_text())
+    import onnxruntime as ort
+
+    assert meta["onnxruntime"] == ort.__version__ and meta["providers"] == ["CPUExecutionProvider"]
+    assert meta["graph_optimization_level"] == int(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+
+    second = _runner(tiny)
+    assert second.session_cache == "hit" and second.session_start.cache_path == entry
+    plain = _runner(tiny, cache_optimized=False)
+    assert plain.session_cache == "off"
+    audio = speech_like(1.0, seed=4)
+    a = first.infer(audio).copy()
+    b = second.infer(audio).copy()
+    c = plain.infer(audio).copy()
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(first.last_asr_logits, second.last_asr_logits)
+    for r in (first, second):
+        assert r.load_seconds > 0 and r.load_peak_bytes is not None and r.load_peak_bytes >= 0
+
+
+def test_cache_key_follows_the_model_bytes(tiny: Path, fresh_home: Path) -> None:
+    _runner(tiny)
+    other = save_model(build_lam("tiny", seed=12), tiny.with_name("other.onnx"))
+    assert _runner(other).session_cache == "stored"
+    assert len([d for d in cache_root().iterdir() if not d.name.startswith(".")]) == 2
+
+
+def test_damaged_cache_entry_is_rebuilt(
+    tiny: Path, fresh_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _runner(tiny)
+    entry = next(d for d in cache_root().iterdir() if not d.name.startswith("."))
+    (entry / "model.onnx").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        again = _runner(tiny)
+    assert again.session_cache == "stored"
+    assert any("did not load" in r.getMessage() for r in caplog.records)
+    assert _runner(tiny).session_cache == "hit"
+
+
+def test_peak_rss_sees_an_allocation() -> None:
+    with PeakRss() as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+        del block
+    assert mem.delta is not None and mem.delta > 48 * 2**20
+
+
+def test_file_sha256(tmp_path: Path) -> None:
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc" * 100_000)
+    assert file_sha256(f) == hashlib.sha256(b"abc" * 100_000).hexdigest()
+    forget_hashes()
+    assert file_sha256(f) == hashlib.sha256(b"abc" * 100_000).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncate-graph", "not a valid ONNX model"),
+        ("not-onnx", "not a valid ONNX model"),
+        ("empty", "is empty"),
+        ("no-data", "which is missing"),
+        ("short-data", "too short"),
+    ],
+)
+def test_bad_model_files_are_one_line(tiny: Path, fresh_home: Path, damage: str, expected: str) -> None:
+    data = tiny.with_name(tiny.name + ".data")
+    if damage == "truncate-graph":
+        tiny.write_bytes(tiny.read_bytes()[: tiny.stat().st_size // 3])
+    elif damage == "not-onnx":
+        tiny.write_text("<html>404 not found</html>")
+    elif damage == "empty":
+        tiny.write_bytes(b"")
+    elif damage == "no-data":
+        data.unlink()
+    elif damage == "short-data":
+        data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(BridgeError) as e:
+        _runner(tiny)
+    msg = str(e.value)
+    assert expected in msg and "\n" not in msg and str(tiny.name) in msg
+
+
+def test_cli_start_time(tiny: Path, fresh_home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "start.json"
+    result = CliRunner().invoke(
+        main, ["models", "start-time", str(tiny), "--threads", "1", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["cache"] for r in runs.values()] == ["off", "stored", "hit"]
+    assert "speed-up of the cached start" in result.output
+    cleared = CliRunner().invoke(main, ["models", "clear-cache"])
+    assert cleared.exit_code == 0 and "removed 1 " in cleared.output

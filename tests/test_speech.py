@@ -1,0 +1,55 @@
+"""The CTC head per published frame: speech probability and a streaming transcript."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from bridge.config import parse_config
+from bridge.model.ctc import CTC_VOCAB
+from bridge.pipeline import Bridge
+from bridge.signals import speech_like
+from bridge.speech import STEP_HOP, STEP_SPAN, SpeechTrack
+
+
+def logits_for(tokens: list[str]) -> np.ndarray:
+    """One CTC step per token, that token certain."""
+    a = np.full((len(tokens), len(CTC_VOCAB)), -10.0, dtype=np.float32)
+    for t, tok in enumerate(tokens):
+        a[t, CTC_VOCAB.index(tok)] = 10.0
+    return a
+
+
+def test_streaming_text_collapses_repeats_across_hops_and_never_repeats_itself() -> None:
+    path = ["H", "H", "<pad>", "I", "|", "|", "T", "<pad>", "T", "O"]
+    logits = logits_for(path)
+    window = STEP_HOP * (len(path) - 1) + STEP_SPAN
+    track = SpeechTrack()
+    # Publish the window's audio in three hops; each hop decodes only the steps it completed.
+    text = "".join(track.new_text(logits, window, window, upto) for upto in (1100, 2300, window))
+    assert text == "HI TTO"  # the blank between the T's keeps both, as CTC says
+    assert track.new_text(logits, window, window, window) == ""  # nothing twice
+
+
+def test_speech_probability_is_one_minus_blank() -> None:
+    logits = logits_for(["<pad>"] * 25 + ["A"] * 24)
+    prob = SpeechTrack().frames(logits, 30, 0, 30)
+    assert prob.shape == (30,) and prob[0] < 0.01 and prob[-1] > 0.99
+
+
+def test_frames_from_a_lam_model_carry_speech_probability(tmp_path: Path) -> None:
+    wav = tmp_path / "s.wav"
+    soundfile.write(str(wav), speech_like(1.0), 16000)
+    frames = []
+    cfg = parse_config({"input": {"kind": "file", "file": str(wav), "realtime": False},
+                        "model": {"preset": "synthetic", "providers": ["cpu"]}, "output": []})  # fmt: skip
+    bridge = Bridge(cfg, on_frame=lambda f: frames.append((f.speech_prob, f.text)))
+    try:
+        bridge.run()
+    finally:
+        bridge.close()
+    probs = [p for p, _ in frames]
+    assert len(probs) == 30 and all(p is not None and 0.0 <= p <= 1.0 for p in probs)
+    assert all(isinstance(t, str) for _, t in frames)
