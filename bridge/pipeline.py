@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: How long the hop loop sleeps when no frame is ready (bounds added latency).
 POLL_S = 0.001
+#: A live input that delivers nothing for this long has stopped (unplugged, server gone).
+STALL_S = 2.0
 #: How often a progress line is logged.
 STATUS_EVERY_S = 10.0
 
@@ -170,6 +172,7 @@ class Bridge:
         source = stream.source
         source.start()
         next_status = time.monotonic() + STATUS_EVERY_S
+        last_written, last_growth = -1, time.monotonic()
         try:
             while not stop.is_set():
                 t_busy = time.perf_counter()
@@ -178,7 +181,16 @@ class Bridge:
                 if missing > 0 and not stream.ended and not source.finished:
                     if source.error:
                         raise BridgeError(source.error)
-                    if time.monotonic() >= next_status:
+                    now = time.monotonic()
+                    if source.ring.written != last_written:
+                        last_written, last_growth = source.ring.written, now
+                    elif now - last_growth > STALL_S:
+                        raise BridgeError(
+                            f"input {source.name!r} delivered no audio for {now - last_growth:.1f} s "
+                            "(unplugged, or the audio server dropped the stream); check the device "
+                            "with `a2e-bridge devices` and restart"
+                        )
+                    if now >= next_status:
                         next_status += STATUS_EVERY_S
                         self._log_status()
                     stats.busy_s += time.perf_counter() - t_busy
