@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import BridgeConfig, OutputConfig
+from bridge.config import _window as window_check
 from bridge.errors import BridgeError
 
 BENCH_RATE = 48_000
@@ -122,6 +123,7 @@ def run_bench(
     input_file: str | None = None,
     providers: str | None = None,
     lookahead: int | None = None,
+    window_s: float | None = None,
     config: BridgeConfig | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline for ``seconds`` of audio and return the stats document."""
@@ -137,7 +139,13 @@ def run_bench(
             input_file = str(Path(tmp) / "speech48k.wav")
             soundfile.write(input_file, speech_like(seconds, BENCH_RATE), BENCH_RATE)
         cfg = apply_overrides(cfg, input_file=input_file, model=model, realtime=True)
-        model_cfg = cfg.model
+        # The benchmark measures the model it was given: no switching to a fallback.
+        model_cfg = dataclasses.replace(cfg.model, fallback="")
+        if window_s is not None:
+            problem = window_check(window_s)
+            if problem:
+                raise BridgeError(f"--window {window_s:g} {problem}")
+            model_cfg = dataclasses.replace(model_cfg, window_s=window_s)
         if providers:
             model_cfg = dataclasses.replace(model_cfg, providers=tuple(providers.split(",")))
         sched = cfg.schedule

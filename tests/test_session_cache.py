@@ -39,7 +39,7 @@ def _runner(path: Path, **kw: object) -> ModelRunner:
 def test_second_start_loads_the_optimised_graph(tiny: Path, fresh_home: Path) -> None:
     first = _runner(tiny)
     assert first.session_cache == "stored"
-    entries = [d for d in cache_root().iterdir() if not d.name.startswith(".")]
+    entries = [d for d in cache_root().iterdir() if d.is_dir() and not d.name.startswith(".")]
     assert len(entries) == 1
     entry = entries[0]
     assert {p.name for p in entry.iterdir()} == {"model.onnx", "model.onnx.data", "meta.json"}
@@ -68,20 +68,45 @@ def test_cache_key_follows_the_model_bytes(tiny: Path, fresh_home: Path) -> None
     _runner(tiny)
     other = save_model(build_lam("tiny", seed=12), tiny.with_name("other.onnx"))
     assert _runner(other).session_cache == "stored"
-    assert len([d for d in cache_root().iterdir() if not d.name.startswith(".")]) == 2
+    assert len([d for d in cache_root().iterdir() if d.is_dir() and not d.name.startswith(".")]) == 2
 
 
 def test_damaged_cache_entry_is_rebuilt(
     tiny: Path, fresh_home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _runner(tiny)
-    entry = next(d for d in cache_root().iterdir() if not d.name.startswith("."))
+    entry = next(d for d in cache_root().iterdir() if d.is_dir() and not d.name.startswith("."))
     (entry / "model.onnx").write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
         again = _runner(tiny)
     assert again.session_cache == "stored"
     assert any("did not load" in r.getMessage() for r in caplog.records)
     assert _runner(tiny).session_cache == "hit"
+    # An entry that keeps failing after a rebuild: the cache is switched off for that model.
+    for _ in range(2):
+        entry = next(d for d in cache_root().iterdir() if d.is_dir() and not d.name.startswith("."))
+        (entry / "model.onnx").write_bytes(b"garbage")
+        last = _runner(tiny)
+    assert last.session_cache == "disabled" and last.infer(np.zeros(16000, np.float32)).shape == (30, 52)
+    assert _runner(tiny).session_cache == "disabled"
+
+
+def test_provider_that_cannot_save_still_starts(
+    tiny: Path, fresh_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bridge.model.session_cache as sc
+
+    real = sc._create
+
+    def refuse_to_save(path: Path, opts: object, providers: list[str]) -> object:
+        if getattr(opts, "optimized_model_filepath", ""):
+            raise RuntimeError("Unable to serialize model as it contains compiled nodes")
+        return real(path, opts, providers)
+
+    monkeypatch.setattr(sc, "_create", refuse_to_save)
+    runner = _runner(tiny)
+    assert runner.session_cache == "disabled"
+    assert not [d for d in cache_root().iterdir() if d.is_dir()], "no temporary folder left behind"
 
 
 def test_peak_rss_sees_an_allocation() -> None:

@@ -38,11 +38,11 @@ def _model_path(arg: str) -> Path:
 def _human(n: float | None) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):  # binary units: the model card's "192 MB" is 192 MiB
+        if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 @click.group()
@@ -281,11 +281,11 @@ def models_quality_table(
 def models_start_time(model: str, providers: str, threads: int, json_path: str | None) -> None:
     """Session start, measured in fresh processes: no cache, first start (stores), second (cached)."""
     from bridge.model.runner import choose_providers
-    from bridge.model.session_cache import cache_entry_for, clear_entry
+    from bridge.model.session_cache import forget_model
 
     path = _model_path(model).resolve()
     chosen = choose_providers(_providers(providers))
-    clear_entry(cache_entry_for(path, chosen, threads))
+    forget_model(path, chosen, threads)
     results = {}
     for label, use_cache in (
         ("no cache", False),
@@ -304,10 +304,12 @@ def models_start_time(model: str, providers: str, threads: int, json_path: str |
             )
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results[label] = r
-        mem = f"{r['peak_rss_delta'] / 2**20:.0f} MB" if r["peak_rss_delta"] is not None else "n/a"
+        mem = "n/a"
+        if r["peak_rss_delta"] is not None:
+            mem = f"+{r['peak_rss_delta'] / 2**20:.0f} MB (heap +{r['peak_anon_delta'] / 2**20:.0f} MB)"
         click.echo(
             f"{label:<26} session {r['seconds']:.2f} s + hash {r['hash_seconds']:.2f} s, "
-            f"peak RSS +{mem}, cache {r['cache']}, provider {r['provider']}"
+            f"peak RSS {mem}, cache {r['cache']}, provider {r['provider']}"
         )
     first = results["first (optimise + store)"]
     second = results["second (cached)"]

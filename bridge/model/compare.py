@@ -266,22 +266,24 @@ def format_table(ref: Loaded, comparisons: list[Comparison], probes: list[Probe]
     from bridge.model.inspect import file_size
 
     lines = [
-        f"reference: {ref.path} ({file_size(ref.path) / 1e6:.1f} MB) on {ref.provider}; "
+        f"reference: {ref.path} ({file_size(ref.path) / 2**20:.1f} MiB) on {ref.provider}; "
         f"{len(probes)} inputs: {', '.join(p.name for p in probes)}",
         "",
-        "| Model | Size | Provider | Output | Cosine vs ref (min-max) | Mag ratio (min-max) | Verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| Model | Size | Provider | Output | Cosine vs ref (min-max) | worst 1-cos | Mag ratio (min-max) "
+        "| Verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
         for o in c.outputs:
             verdict = "Pass" if o.passes else "Fail"
+            provider = c.provider.replace("ExecutionProvider", "")
             lines.append(
-                f"| {c.label} | {c.size_bytes / 1e6:.1f} MB | {c.provider.replace('ExecutionProvider', '')} "
-                f"| {o.output} | {_range(o.cosine_min, o.cosine_max, 6)} | "
+                f"| {c.label} | {c.size_bytes / 2**20:.1f} MiB | {provider} "
+                f"| {o.output} | {_range(o.cosine_min, o.cosine_max, 6)} | {1 - o.cosine_min:.1e} | "
                 f"{_range(o.ratio_min, o.ratio_max, 4)} | {verdict} |"
             )
         for m in c.missing_outputs:
-            lines.append(f"| {c.label} | | | {m} | missing | missing | Fail |")
+            lines.append(f"| {c.label} | | | {m} | missing | | missing | Fail |")
     return "\n".join(lines)
 
 

@@ -99,6 +99,8 @@ class ModelRunner:
         self.load_seconds = start.seconds + start.hash_seconds
         #: Resident memory the session creation peaked at, above where it started (bytes, or None).
         self.load_peak_bytes = start.peak_rss_delta
+        #: The same for heap (anonymous) memory: without weights memory-mapped from disk.
+        self.load_peak_heap_bytes = start.peak_anon_delta
         #: "hit" (optimised graph loaded from disk), "stored", "off" or "unavailable".
         self.session_cache = start.cache
         self.session_start = start

@@ -1,11 +1,14 @@
 """Creating ONNX Runtime sessions: measured, and with the optimised graph kept on disk.
 
-ONNX Runtime spends most of a LAM session's start in graph optimisation, and
-that is also where memory peaks (the seed card: 750-950 MB for LAM).  The
-optimised graph only depends on the model bytes, the onnxruntime version, the
-execution providers, the optimisation level and (for CPU layout transforms)
-the CPU, so the first start writes it out (``SessionOptions.optimized_model_filepath``)
-and later starts load that file with optimisation switched off.
+ONNX Runtime spends a session's start in graph optimisation and, on CPU, in
+pre-packing the weights of every MatMul for MLAS (measured here: packing is
+most of it); memory peaks there too (the seed card: 750-950 MB for LAM in the
+browser).  Both results only depend on the model bytes, the onnxruntime
+version, the execution providers, the optimisation level and the CPU, so the
+first start writes them out (``SessionOptions.optimized_model_filepath`` plus
+``session.save_external_prepacked_constant_initializers``) and later starts
+load that file with optimisation switched off and the packed weights mapped
+from disk.
 
 Cache entries live in ``home_dir()/ort-cache/<key>/`` (``model.onnx`` +
 ``model.onnx.data`` + ``meta.json``) and land atomically: ORT writes into a
@@ -15,6 +18,7 @@ An entry that fails to load is deleted and the model is optimised again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,15 +76,58 @@ def forget_hashes() -> None:
         _hash_memo.clear()
 
 
-def model_digest(path: str | Path) -> str:
+_MEMO_FILE = "hashes.json"
+_MEMO_MAX = 256
+
+
+def _stat_key(p: Path) -> str:
+    st = p.stat()
+    return f"{p.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def _cached_sha256(p: Path, memo: dict[str, str]) -> str:
+    """sha256 via the on-disk memo when the file's identity and times are unchanged.
+
+    Only for the cache *key*: hashing 400 MB costs as much as the start it
+    would save.  A file rewritten in place gets a new mtime/ctime, hence a new
+    hash.  Integrity checks of downloads (:mod:`bridge.model.hub`) always re-hash.
+    """
+    key = _stat_key(p)
+    digest = memo.get(key)
+    if digest is None:
+        digest = memo[key] = file_sha256(p)
+    return digest
+
+
+def model_digest(path: str | Path, memo: dict[str, str] | None = None) -> str:
     """sha256 over the graph file and every external-data file it uses."""
     from bridge.model.inspect import check_model_files
 
     p = Path(path)
-    h = hashlib.sha256(file_sha256(p).encode())
+    memo = {} if memo is None else memo
+    h = hashlib.sha256(_cached_sha256(p, memo).encode())
     for f in sorted(check_model_files(p), key=lambda f: f.location):
-        h.update(f.location.encode() + b"\0" + file_sha256(f.path).encode())
+        h.update(f.location.encode() + b"\0" + _cached_sha256(f.path, memo).encode())
     return h.hexdigest()
+
+
+def _load_memo(base: Path) -> dict[str, str]:
+    try:
+        data = json.loads((base / _MEMO_FILE).read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_memo(base: Path, memo: dict[str, str]) -> None:
+    items = list(memo.items())[-_MEMO_MAX:]
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".{_MEMO_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(dict(items), indent=0) + "\n", encoding="utf-8")
+        os.replace(tmp, base / _MEMO_FILE)
+    except OSError as e:
+        log.debug("hash memo not saved: %s", e)
 
 
 def _cpu_fingerprint() -> str:
@@ -132,10 +179,13 @@ def _proc_status_kb(field: str) -> int | None:
     return None
 
 
-def _rss_bytes() -> int | None:
+def _rss_bytes() -> tuple[int, int] | None:
+    """(resident, resident anonymous) bytes: statm's resident minus its file-backed/shared pages."""
     try:
         with open("/proc/self/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            fields = f.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[1]) * page, (int(fields[1]) - int(fields[2])) * page
     except (OSError, ValueError, IndexError):
         return None
 
@@ -147,22 +197,28 @@ class PeakRss:
     kernel's high-water mark (``VmHWM``), which catches short peaks between
     samples whenever they exceed everything before.  The high-water mark is
     never reset (that would corrupt the process's ``ru_maxrss`` for others).
-    ``delta`` stays None where ``/proc`` is missing.
+    ``delta`` is all resident memory (file pages included: weights memory-mapped
+    from disk count, though the OS may drop them); ``anon_delta`` is heap only
+    (sampled).  Both stay None where ``/proc`` is missing.
     """
 
     def __init__(self, interval: float = 0.002) -> None:
         self.interval = interval
         self.delta: int | None = None
-        self.baseline: int | None = None
-        self._peak = 0
+        self.anon_delta: int | None = None
+        self.baseline: tuple[int, int] | None = None
+        self._peak = (0, 0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _take(self) -> None:
+        now = _rss_bytes()
+        if now is not None:
+            self._peak = (max(self._peak[0], now[0]), max(self._peak[1], now[1]))
+
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            rss = _rss_bytes()
-            if rss is not None and rss > self._peak:
-                self._peak = rss
+            self._take()
 
     def __enter__(self) -> PeakRss:
         self.baseline = _rss_bytes()
@@ -179,12 +235,13 @@ class PeakRss:
             self._thread.join()
         if self.baseline is None:
             return
-        rss = _rss_bytes() or 0
-        peak = max(self._peak, rss)
+        self._take()
+        peak = self._peak[0]
         hwm = _proc_status_kb("VmHWM")
         if hwm is not None and self._hwm_before is not None and hwm > self._hwm_before:
             peak = max(peak, hwm * 1024)
-        self.delta = peak - self.baseline
+        self.delta = peak - self.baseline[0]
+        self.anon_delta = self._peak[1] - self.baseline[1]
 
 
 # -- sessions --------------------------------------------------------------------------------------
@@ -198,11 +255,16 @@ class SessionStart:
     seconds: float  #: wall time of creating the session (ORT only)
     hash_seconds: float  #: time spent hashing the model files for the cache key
     peak_rss_delta: int | None  #: bytes above the RSS before creation, at the peak
-    cache: str  #: "hit", "stored", "off" or "unavailable"
+    cache: str  #: "hit", "stored", "off" (not asked for), "disabled" (marked off) or "unavailable"
     cache_path: Path | None = None
+    peak_anon_delta: int | None = None  #: like peak_rss_delta, anonymous (heap) memory only
 
     def describe(self) -> str:
-        mem = f", peak +{self.peak_rss_delta / 2**20:.0f} MB" if self.peak_rss_delta is not None else ""
+        mem = ""
+        if self.peak_rss_delta is not None:
+            mem = f", peak RSS +{self.peak_rss_delta / 2**20:.0f} MB"
+        if self.peak_anon_delta is not None:
+            mem += f" (heap +{self.peak_anon_delta / 2**20:.0f} MB)"
         return f"session created in {self.seconds:.2f} s{mem} (optimised-graph cache: {self.cache})"
 
 
@@ -210,24 +272,29 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _create(path: Path, opts: Any, providers: list[str]) -> tuple[Any, float, int | None]:
+def _create(path: Path, opts: Any, providers: list[str]) -> tuple[Any, float, PeakRss]:
     import onnxruntime as ort
 
     with PeakRss() as mem:
         t0 = time.perf_counter()
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         seconds = time.perf_counter() - t0
-    return session, seconds, mem.delta
+    return session, seconds, mem
 
 
 def _entry(path: Path, make_options: Callable[[], Any], providers: list[str],
-           root: Path | None = None) -> tuple[dict[str, Any], Path]:  # fmt: skip
+           root: Path | None = None, remember: bool = True) -> tuple[dict[str, Any], Path]:  # fmt: skip
     """The cache key document and entry folder for a model + options + providers."""
-    digest = model_digest(path)
+    base = root if root is not None else cache_root()
+    memo = _load_memo(base)
+    before = dict(memo)
+    digest = model_digest(path, memo)
+    if remember and memo != before:
+        _save_memo(base, memo)
     level = make_options().graph_optimization_level
     key_doc = cache_key(digest, providers, int(level))
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
-    return key_doc, (root if root is not None else cache_root()) / key
+    return key_doc, base / key
 
 
 def create_session(
@@ -242,85 +309,126 @@ def create_session(
 
     ``make_options`` returns fresh ``SessionOptions`` (threads etc.); its
     optimisation level is the one the cache entry is made at.  Errors from ONNX
-    Runtime propagate as raised: the caller turns them into one line.
+    Runtime propagate as raised: the caller turns them into one line.  The
+    cache never makes a start fail: an entry that does not load is rebuilt
+    once, and a key whose entries keep failing (or whose provider cannot save
+    an optimised graph, e.g. compiled TensorRT nodes) is marked ``<key>.off``
+    and started without the cache from then on.
     """
     import onnxruntime as ort
 
     path = Path(path)
-    if not use_cache:
-        session, seconds, peak = _create(path, make_options(), providers)
-        return SessionStart(session, seconds, 0.0, peak, "off")
 
+    def plain(cache: str, hash_seconds: float = 0.0) -> SessionStart:
+        session, seconds, peak = _create(path, make_options(), providers)
+        return SessionStart(
+            session, seconds, hash_seconds, peak.delta, cache, peak_anon_delta=peak.anon_delta
+        )
+
+    if not use_cache:
+        return plain("off")
     t0 = time.perf_counter()
     try:
         key_doc, entry = _entry(path, make_options, providers, root)
     except OSError as e:
         log.debug("no optimised-graph cache for %s: %s", path, e)
-        session, seconds, peak = _create(path, make_options(), providers)
-        return SessionStart(session, seconds, 0.0, peak, "unavailable")
+        return plain("unavailable")
     hash_seconds = time.perf_counter() - t0
-    base = entry.parent
-    key = entry.name
+    base, key = entry.parent, entry.name
+    off, failed = base / f"{key}.off", base / f"{key}.failed"
+    if off.exists():
+        return plain("disabled", hash_seconds)
 
     if (entry / _META).is_file() and (entry / _GRAPH).is_file():
         opts = make_options()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             session, seconds, peak = _create(entry / _GRAPH, opts, providers)
-            return SessionStart(session, seconds, hash_seconds, peak, "hit", entry)
-        except Exception as e:  # a damaged or incompatible entry: rebuild it
+            failed.unlink(missing_ok=True)
+            return SessionStart(
+                session, seconds, hash_seconds, peak.delta, "hit", entry, peak_anon_delta=peak.anon_delta
+            )
+        except Exception as e:  # a damaged or incompatible entry
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            log.warning("optimised-graph cache entry %s did not load (%s); optimising again", entry, first)
             _remove(entry)
+            if failed.exists():  # the rebuilt entry failed too: stop caching this model here
+                _mark(off, f"optimised graph does not load: {first}")
+                log.warning("optimised-graph cache off for %s: its entries do not load (%s)", path, first)
+                return plain("disabled", hash_seconds)
+            _mark(failed, first)
+            log.warning("optimised-graph cache entry %s did not load (%s); optimising again", entry, first)
 
-    opts = make_options()
-    tmp: Path | None = None
+    tmp = base / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = base / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
         _remove(tmp)
-        tmp.mkdir()
-        opts.optimized_model_filepath = str(tmp / _GRAPH)
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", _DATA)
-        opts.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
-        )
+        tmp.mkdir(parents=True)
     except OSError as e:
         log.debug("cannot write the optimised-graph cache in %s: %s", base, e)
-        tmp = None
-        opts = make_options()
+        return plain("unavailable", hash_seconds)
+    opts = make_options()
+    opts.optimized_model_filepath = str(tmp / _GRAPH)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", _DATA)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    # Also keep MLAS's pre-packed weights: on CPU, packing (not graph optimisation) is most of a
+    # start; the next start memory-maps them instead (onnxruntime >= 1.20; ignored before).
+    opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
     try:
         session, seconds, peak = _create(path, opts, providers)
+    except Exception as e:
+        _remove(tmp)
+        # Maybe only saving failed (compiled EP nodes cannot be serialised): try once without.
+        start = plain("disabled", hash_seconds)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        _mark(off, f"saving the optimised graph failed: {first}")
+        log.info("optimised-graph cache off for %s: saving failed (%s)", path, first)
+        return start
     except BaseException:
-        if tmp is not None:
-            _remove(tmp)
+        _remove(tmp)
         raise
-    if tmp is not None and not (tmp / _GRAPH).is_file():
+    if not (tmp / _GRAPH).is_file():
         log.debug("onnxruntime wrote no optimised graph for %s", path)
         _remove(tmp)
-        tmp = None
-    if tmp is None:
-        return SessionStart(session, seconds, hash_seconds, peak, "unavailable")
+        return SessionStart(
+            session, seconds, hash_seconds, peak.delta, "unavailable", peak_anon_delta=peak.anon_delta
+        )
     try:
         meta = {**key_doc, "source": str(path.resolve()), "created": time.time(), "seconds": seconds}
         (tmp / _META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.rename(tmp, entry)  # atomic; fails if another process got there first
-        return SessionStart(session, seconds, hash_seconds, peak, "stored", entry)
+        cache = "stored"
     except OSError as e:
         log.debug("optimised-graph cache entry %s not stored: %s", entry, e)
         _remove(tmp)
-        return SessionStart(session, seconds, hash_seconds, peak, "hit" if entry.is_dir() else "unavailable")
+        cache = "unavailable"
+    return SessionStart(
+        session, seconds, hash_seconds, peak.delta, cache, entry, peak_anon_delta=peak.anon_delta
+    )
+
+
+def _mark(marker: Path, reason: str) -> None:
+    with contextlib.suppress(OSError):
+        marker.write_text(json.dumps({"reason": reason, "when": time.time()}) + "\n", encoding="utf-8")
 
 
 def cache_entry_for(path: str | Path, providers: list[str], threads: int = 0) -> Path:
     """The cache entry folder the runner would use for ``path`` (it may not exist)."""
     from bridge.model.runner import session_options
 
-    return _entry(Path(path), lambda: session_options(threads), providers)[1]
+    return _entry(Path(path), lambda: session_options(threads), providers, remember=False)[1]
 
 
-def clear_entry(entry: Path) -> None:
-    _remove(entry)
+def forget_model(path: str | Path, providers: list[str], threads: int = 0) -> None:
+    """Drop ``path``'s cache entry and remembered hashes: its next start is a true first start."""
+    from bridge.model.inspect import check_model_files
+
+    _remove(cache_entry_for(path, providers, threads))
+    base = cache_root()
+    names = {str(Path(path).resolve())} | {str(f.path.resolve()) for f in check_model_files(path)}
+    memo = _load_memo(base)
+    kept = {k: v for k, v in memo.items() if k.split("|", 1)[0] not in names}
+    if kept != memo:
+        _save_memo(base, kept)
+    forget_hashes()
 
 
 def measure_start(
@@ -335,6 +443,7 @@ def measure_start(
         "seconds": round(start.seconds, 3),
         "hash_seconds": round(start.hash_seconds, 3),
         "peak_rss_delta": start.peak_rss_delta,
+        "peak_anon_delta": start.peak_anon_delta,
         "cache": start.cache,
         "provider": start.session.get_providers()[0],
     }
@@ -350,6 +459,8 @@ def clear_cache(root: Path | None = None) -> int:
         if entry.is_dir():
             n += not entry.name.startswith(".")
             _remove(entry)
+        elif entry.suffix in (".off", ".failed"):
+            entry.unlink(missing_ok=True)
     return n
 
 
