@@ -124,6 +124,7 @@ def run_bench(
     providers: str | None = None,
     lookahead: int | None = None,
     window_s: float | None = None,
+    cuda_graph: bool = False,
     config: BridgeConfig | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline for ``seconds`` of audio and return the stats document."""
@@ -140,7 +141,7 @@ def run_bench(
             soundfile.write(input_file, speech_like(seconds, BENCH_RATE), BENCH_RATE)
         cfg = apply_overrides(cfg, input_file=input_file, model=model, realtime=True)
         # The benchmark measures the model it was given: no switching to a fallback.
-        model_cfg = dataclasses.replace(cfg.model, fallback="")
+        model_cfg = dataclasses.replace(cfg.model, fallback="", cuda_graph=cuda_graph or cfg.model.cuda_graph)
         if window_s is not None:
             problem = window_check(window_s)
             if problem:
@@ -178,6 +179,7 @@ def run_bench(
             "osc_bundles_received": osc_received,
             "zmq_messages_received": zmq_received,
             "window_s": cfg.model.window_s,
+            "cuda_graph": cfg.model.cuda_graph,
             "lookahead_frames": cfg.schedule.lookahead_frames,
             "machine": f"{platform.node()} {platform.machine()} {_cpu_count()} cores",
         }

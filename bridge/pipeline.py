@@ -69,7 +69,8 @@ def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None) -> ModelR
     preset = get_preset(preset_name)
     return ModelRunner(locate_model(preset, path), description_for(preset, order),
                        providers=cfg.providers, threads=cfg.threads, identity=cfg.identity,
-                       window_samples=round(cfg.window_s * SAMPLE_RATE))  # fmt: skip
+                       window_samples=round(cfg.window_s * SAMPLE_RATE),
+                       cuda_graph=cfg.cuda_graph)  # fmt: skip
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:

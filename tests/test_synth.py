@@ -247,3 +247,18 @@ def test_synthesize_oracle(tmp_path: Path) -> None:
     audio = np.full((1, 16000), 0.25, np.float32)
     bs = session.run(["blendshapes"], {"audio": audio, "identity": _one_hot(0)})[0]
     assert bs[0, 0, 3] == pytest.approx(oracle_value(0.25, 3), abs=1e-5)
+
+
+def test_runner_with_bound_buffers_matches_plain_runs(tmp_path: Path) -> None:
+    """IOBinding (used on CUDA) gives the same frames as session.run, call after call."""
+    from bridge.model.description import LAM
+    from bridge.model.runner import ModelRunner
+
+    path = synthesize("lam", "tiny", tmp_path / "t.onnx")
+    plain = ModelRunner(path, LAM, providers=["cpu"], threads=1, cache_optimized=False)
+    bound = ModelRunner(path, LAM, providers=["cpu"], threads=1, cache_optimized=False, bind_device="cpu")
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x = (rng.standard_normal(16000) * 0.2).astype(np.float32)
+        np.testing.assert_array_equal(plain.infer(x), bound.infer(x))
+        np.testing.assert_array_equal(plain.last_asr_logits, bound.last_asr_logits)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,8 +37,13 @@ PROVIDER_NAMES = {
 }
 
 
-def choose_providers(wanted: tuple[str, ...] | list[str]) -> list[str]:
-    """The wanted providers this onnxruntime build has, in order (CPU always last resort)."""
+def choose_providers(wanted: tuple[str, ...] | list[str], cuda_graph: bool = False) -> list[Any]:
+    """The wanted providers this onnxruntime build has, in order (CPU always last resort).
+
+    ``cuda_graph`` asks the CUDA provider to capture the whole model as one CUDA graph
+    and replay it: one launch per call instead of hundreds (the model is launch-bound
+    on a big GPU).  It needs fixed shapes and buffers, which the runner's IOBinding gives.
+    """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
@@ -48,6 +53,8 @@ def choose_providers(wanted: tuple[str, ...] | list[str]) -> list[str]:
         log.info("providers not in this onnxruntime build, skipped: %s", ", ".join(skipped))
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
+    if cuda_graph:
+        return [(p, {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider" else p for p in chosen]
     return chosen
 
 
@@ -78,6 +85,8 @@ class ModelRunner:
         identity: int = 0,
         window_samples: int = 16000,
         cache_optimized: bool = True,
+        cuda_graph: bool = False,
+        bind_device: str | None = None,
     ) -> None:
 
         self.path = Path(path)
@@ -86,7 +95,7 @@ class ModelRunner:
         check_model_files(self.path)  # a missing/short weights file: one line, before ORT sees it
         try:
             start = create_session(
-                self.path, lambda: session_options(threads), choose_providers(providers),
+                self.path, lambda: session_options(threads), choose_providers(providers, cuda_graph),
                 use_cache=cache_optimized,
             )  # fmt: skip
         except BridgeError:
@@ -119,6 +128,13 @@ class ModelRunner:
         self.last_asr_logits: np.ndarray | None = None
         self.frames_per_window = 0
         self._mapped = np.zeros((0, NUM_BLENDSHAPES), dtype=np.float32)
+        # On a GPU, keep the model's inputs and outputs in device buffers bound once
+        # (IOBinding): no per-call allocation, and the precondition for CUDA graphs.
+        if bind_device is None and self.provider == "CUDAExecutionProvider":
+            bind_device = "cuda"
+        self._binding: Any = None
+        if bind_device is not None:
+            self._bind(bind_device)
         self.warmup()
 
     def _check_interface(self) -> None:
@@ -164,13 +180,43 @@ class ModelRunner:
         for _ in range(runs):
             self.infer(zeros)
 
+    def _bind(self, device: str) -> None:
+        """Bind device buffers for the audio, identity and every output (shapes from one run)."""
+        import onnxruntime as ort
+
+        d = self.description
+        zeros = np.zeros((1, self.window_samples), dtype=np.float32)
+        shapes = [r.shape for r in self.session.run(self._outputs, {**self._feeds, d.audio_input: zeros})]
+        binding = self.session.io_binding()
+        self._audio_value = ort.OrtValue.ortvalue_from_numpy(zeros, device, 0)
+        binding.bind_ortvalue_input(d.audio_input, self._audio_value)
+        self._bound_inputs = [self._audio_value]
+        for name, value in self._feeds.items():
+            v = ort.OrtValue.ortvalue_from_numpy(value, device, 0)
+            binding.bind_ortvalue_input(name, v)
+            self._bound_inputs.append(v)
+        self._output_values = []
+        for name, shape in zip(self._outputs, shapes, strict=True):
+            v = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, device, 0)
+            binding.bind_ortvalue_output(name, v)
+            self._output_values.append(v)
+        self._binding = binding
+        self.bind_device = device
+
+    def _run(self, window: np.ndarray) -> list[np.ndarray]:
+        if self._binding is None:
+            self._feeds[self.description.audio_input] = window.reshape(1, -1)
+            return self.session.run(self._outputs, self._feeds)
+        self._audio_value.update_inplace(window.reshape(1, -1))
+        self.session.run_with_iobinding(self._binding)
+        return [v.numpy() for v in self._output_values]
+
     def infer(self, window: np.ndarray) -> np.ndarray:
         """Blendshapes for one window, ``(frames, 52)`` in canonical order.
 
         The returned array is reused by the next call: copy what must outlive it.
         """
-        self._feeds[self.description.audio_input] = window.reshape(1, -1)
-        results = self.session.run(self._outputs, self._feeds)
+        results = self._run(window)
         raw = results[0][0]
         if raw.shape[0] != self._mapped.shape[0]:
             self._mapped = np.zeros((raw.shape[0], NUM_BLENDSHAPES), dtype=np.float32)
