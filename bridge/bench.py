@@ -124,7 +124,7 @@ def run_bench(
     providers: str | None = None,
     lookahead: int | None = None,
     window_s: float | None = None,
-    cuda_graph: bool = False,
+    cuda_graph: bool | None = None,
     config: BridgeConfig | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline for ``seconds`` of audio and return the stats document."""
@@ -141,7 +141,9 @@ def run_bench(
             soundfile.write(input_file, speech_like(seconds, BENCH_RATE), BENCH_RATE)
         cfg = apply_overrides(cfg, input_file=input_file, model=model, realtime=True)
         # The benchmark measures the model it was given: no switching to a fallback.
-        model_cfg = dataclasses.replace(cfg.model, fallback="", cuda_graph=cuda_graph or cfg.model.cuda_graph)
+        model_cfg = dataclasses.replace(cfg.model, fallback="")
+        if cuda_graph is not None:
+            model_cfg = dataclasses.replace(model_cfg, cuda_graph=cuda_graph)
         if window_s is not None:
             problem = window_check(window_s)
             if problem:

@@ -166,11 +166,11 @@ def devices() -> None:
 @click.option("--providers", default=None, metavar="LIST", help="e.g. cuda,cpu (default: config)")
 @click.option("--lookahead", type=click.IntRange(min=0), default=None, help="lookahead_frames")
 @click.option("--window", "window_s", type=float, default=None, help="model.window_s (seconds)")
-@click.option("--cuda-graph", is_flag=True, help="model.cuda_graph = true")
+@click.option("--cuda-graph/--no-cuda-graph", default=None, help="model.cuda_graph (default: config)")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False))
 @friendly
 def bench(model: str, seconds: float, json_path: str | None, input_file: str | None,
-          providers: str | None, lookahead: int | None, window_s: float | None, cuda_graph: bool,
+          providers: str | None, lookahead: int | None, window_s: float | None, cuda_graph: bool | None,
           config_path: str | None) -> None:  # fmt: skip
     """Run the whole pipeline from a file at real-time pace into all outputs and report."""
     from bridge.bench import run_bench

@@ -67,10 +67,22 @@ class LoadedModel:
 def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None) -> ModelRunner:
     order = resolve_order(cfg.output_order) if cfg.output_order is not None else None
     preset = get_preset(preset_name)
-    return ModelRunner(locate_model(preset, path), description_for(preset, order),
-                       providers=cfg.providers, threads=cfg.threads, identity=cfg.identity,
-                       window_samples=round(cfg.window_s * SAMPLE_RATE),
-                       cuda_graph=cfg.cuda_graph)  # fmt: skip
+    model_path = locate_model(preset, path)
+
+    def runner(cuda_graph: bool) -> ModelRunner:
+        return ModelRunner(model_path, description_for(preset, order), providers=cfg.providers,
+                           threads=cfg.threads, identity=cfg.identity, cuda_graph=cuda_graph,
+                           window_samples=round(cfg.window_s * SAMPLE_RATE))  # fmt: skip
+
+    if not cfg.cuda_graph or "cuda" not in [p.lower() for p in cfg.providers]:
+        return runner(False)
+    try:
+        return runner(True)
+    except BridgeError:
+        raise
+    except Exception as e:  # graph capture refused by this model/driver: run it uncaptured
+        log.warning("CUDA graph capture failed (%s); running without it", str(e).splitlines()[0])
+        return runner(False)
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -191,9 +203,6 @@ class Bridge:
                             "(unplugged, or the audio server dropped the stream); check the device "
                             "with `a2e-bridge devices` and restart"
                         )
-                    if now >= next_status:
-                        next_status += STATUS_EVERY_S
-                        self._log_status()
                     stats.busy_s += time.perf_counter() - t_busy
                     stats.busy_cpu_s += time.thread_time() - c_busy
                     # Audio lands a capture block at a time: sleep until about a block before the
@@ -216,6 +225,9 @@ class Bridge:
                     continue
                 self._run_hop(hop)
                 sched.done(hop)
+                if time.monotonic() >= next_status:  # here too: a busy CPU may never idle
+                    next_status += STATUS_EVERY_S
+                    self._log_status()
                 stats.busy_s += time.perf_counter() - t_busy
                 stats.busy_cpu_s += time.thread_time() - c_busy
         finally:

@@ -1,7 +1,7 @@
 """Write docs/configuration.md from the config dataclasses (the schema is the code).
 
-    python scripts/gen_config_docs.py          # rewrite the file
-    python scripts/gen_config_docs.py --check  # exit 1 if it is out of date (the tests run this)
+python scripts/gen_config_docs.py          # rewrite the file
+python scripts/gen_config_docs.py --check  # exit 1 if it is out of date (the tests run this)
 """
 
 from __future__ import annotations

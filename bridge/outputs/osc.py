@@ -97,7 +97,7 @@ class OscEncoder:
         if scheme not in SCHEMES:
             raise BridgeError(f"osc output: scheme {scheme!r} is not known; use arkit or vmc")
         if speech and scheme != "arkit":
-            raise BridgeError("osc output: speech = true needs scheme = \"arkit\" (VMC has no such clip)")
+            raise BridgeError('osc output: speech = true needs scheme = "arkit" (VMC has no such clip)')
         self.scheme = scheme
         self.mirror = mirror
         bundle = OscBundleBuilder(IMMEDIATELY)
