@@ -90,6 +90,7 @@ class ModelConfig:
     window_s: float = _opt(1.0, _window, "seconds of audio the model sees per call")
     threads: int = _opt(0, _non_negative, "ONNX Runtime intra-op threads; 0 = one per core")
     fallback: str | None = _opt("wav2arkit", doc='preset loaded when this one fails ("" = none)')
+    fetch: bool = _opt(True, doc="download a missing hub model on first use (HF_HUB_OFFLINE=1 stops it)")
     cuda_graph: bool = _opt(True, doc="CUDA: replay the model as one captured CUDA graph (2x faster)")
     fallback_after_s: float = _opt(
         2.0, _non_negative, "switch to the fallback after missing deadlines this long (0 = never)"

@@ -67,7 +67,7 @@ class LoadedModel:
 def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None) -> ModelRunner:
     order = resolve_order(cfg.output_order) if cfg.output_order is not None else None
     preset = get_preset(preset_name)
-    model_path = locate_model(preset, path)
+    model_path = locate_model(preset, path, fetch_missing=cfg.fetch)
 
     def runner(cuda_graph: bool) -> ModelRunner:
         return ModelRunner(model_path, description_for(preset, order), providers=cfg.providers,
