@@ -43,15 +43,22 @@ class InputStream:
         self._frames_at_end = 0
 
     def pull(self) -> int:
-        """Move everything the source has written into the history; return 16 kHz samples added."""
+        """Move what the source has written so far into the history; return 16 kHz samples added.
+
+        Takes only what was there when called: a source writing faster than real time
+        (a file with ``realtime = false``) cannot keep the hop loop here, or push the
+        history further ahead than it keeps.
+        """
         if self.ended:
             return 0
         added = 0
         ring = self.source.ring
-        while True:
-            n = ring.read(self._scratch)
+        budget = ring.available()
+        while budget > 0:
+            n = ring.read(self._scratch[: min(budget, self._scratch.shape[0])])
             if n == 0:
                 break
+            budget -= n
             self._raw_pulled += n
             added += self._append(self.conditioner.process(self._scratch[:n]))
             if self.ended:

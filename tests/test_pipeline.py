@@ -209,3 +209,20 @@ def test_partial_last_frame_and_duration(tmp_path: Path) -> None:
         receiver.close()
     assert stats["frames_published"] == stats["frames_expected"] == 15
     assert [p["frame"] for p in receiver.packets] == list(range(15))
+
+
+def test_live_hops_on_a_long_fast_file_publish_every_frame_one_per_call(tmp_path: Path) -> None:
+    """A file read faster than real time, hopped like a live input (offline comparisons use this).
+
+    12 s is longer than the history keeps beyond the window: the hop loop must take audio
+    only as the frames need it, whatever the reader thread has queued.
+    """
+    wav = write_staircase(tmp_path / "long.wav", rate=48000, frames=360)
+    got: list[int] = []
+    cfg = parse_config(make_config(wav, PORTS), "t").replace(outputs=())
+    bridge = Bridge(cfg, raw=True, live_hops=True, on_frame=lambda f: got.append(f.number))
+    try:
+        stats = bridge.run().as_dict()
+    finally:
+        bridge.close()
+    assert got == list(range(360)) and stats["stride"] == 1.0
