@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,18 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BridgeError as e:
             click.echo(f"a2e-bridge: error: {e}", err=True)
             sys.exit(e.exit_code)
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug: still one line, the traceback on request
+            if os.environ.get("A2E_BRIDGE_DEBUG"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(
+                f"a2e-bridge: internal error: {type(e).__name__}: {first} "
+                "(please report it; A2E_BRIDGE_DEBUG=1 shows the traceback)",
+                err=True,
+            )
+            sys.exit(1)
 
     return wrapper
 
@@ -187,10 +200,11 @@ def bench(model: str, seconds: float, json_path: str | None, input_file: str | N
 
 def _register_command_modules() -> None:
     """Command families that live in their own modules (bridge/commands/)."""
+    from bridge.commands import offline
     from bridge.commands.models import models
 
     main.add_command(models)
-    __import__("bridge.commands.offline", fromlist=["register"]).register(main)  # offline, calibrate
+    offline.register(main)  # offline, calibrate
 
 
 _register_command_modules()
