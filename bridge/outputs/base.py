@@ -76,6 +76,24 @@ def inverse_permutation(perm: np.ndarray) -> np.ndarray:
     return inv
 
 
+def resolve(host: str, port: int, kind: int, label: str) -> tuple[int, int, tuple]:
+    """(family, proto, address) for ``host:port``, resolved once when the output is built."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=kind)
+    except (socket.gaierror, UnicodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise BridgeError(
+            f"{label} output: cannot resolve host {host!r} ({why}); set output.host to an "
+            "IP address or a host name this machine can resolve"
+        ) from None
+    except OverflowError:
+        raise BridgeError(
+            f"{label} output: port {port} is not a port number; set output.port to 1..65535"
+        ) from None
+    family, _, proto, _, addr = infos[0]
+    return family, proto, addr
+
+
 class UdpTransport:
     """A non-blocking UDP sender to one destination, resolved once at construction.
 
@@ -89,19 +107,7 @@ class UdpTransport:
         self.sent = 0
         self.errors = 0
         self.last_error: str | None = None
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except (socket.gaierror, UnicodeError) as e:
-            why = getattr(e, "strerror", None) or str(e)
-            raise BridgeError(
-                f"{label} output: cannot resolve host {host!r} ({why}); set output.host to an "
-                "IP address or a host name this machine can resolve"
-            ) from None
-        except OverflowError:
-            raise BridgeError(
-                f"{label} output: port {port} is not a port number; set output.port to 1..65535"
-            ) from None
-        family, _, proto, _, addr = infos[0]
+        family, proto, addr = resolve(host, port, socket.SOCK_DGRAM, label)
         self.address: tuple = addr
         self._sock = socket.socket(family, socket.SOCK_DGRAM, proto)
         self._sock.setblocking(False)

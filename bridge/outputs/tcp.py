@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from bridge.errors import BridgeError
-from bridge.outputs.base import Buffer
+from bridge.outputs.base import Buffer, resolve
 
 Framing = Literal["slip", "length"]
 FRAMINGS: tuple[str, ...] = ("slip", "length")
@@ -77,19 +77,7 @@ class TcpTransport:
         self.label = label
         self.framing = framing
         self._frame = slip_frame if framing == "slip" else length_frame
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as e:
-            why = getattr(e, "strerror", None) or str(e)
-            raise BridgeError(
-                f"{label} output: cannot resolve host {host!r} ({why}); set output.host to an "
-                "IP address or a host name this machine can resolve"
-            ) from None
-        except OverflowError:
-            raise BridgeError(
-                f"{label} output: port {port} is not a port number; set output.port to 1..65535"
-            ) from None
-        self._family, _, self._proto, _, self.address = infos[0]
+        self._family, self._proto, self.address = resolve(host, port, socket.SOCK_STREAM, label)
         self._connect_timeout = connect_timeout
         self._send_timeout = send_timeout
         self._backoff = backoff
