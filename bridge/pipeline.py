@@ -181,61 +181,64 @@ class Bridge:
     def run(self, stop: threading.Event | None = None) -> RunStats:
         """Run until the input ends, ``stop`` is set, or the duration is reached."""
         stop = stop or threading.Event()
-        stream, sched, stats = self.stream, self.stream.scheduler, self.stats
-        source = stream.source
+        stats, source = self.stats, self.stream.source
         source.start()
-        next_status = time.monotonic() + STATUS_EVERY_S
-        last_written, last_growth = -1, time.monotonic()
+        self._next_status = time.monotonic() + STATUS_EVERY_S
+        self._last_written, self._last_growth = -1, time.monotonic()
         try:
             while not stop.is_set():
-                t_busy = time.perf_counter()
-                c_busy = time.thread_time()
-                missing = self._samples_missing()
-                if missing > 0 and not stream.ended and not source.finished:
-                    if source.error:
-                        raise BridgeError(source.error)
-                    now = time.monotonic()
-                    if source.ring.written != last_written:
-                        last_written, last_growth = source.ring.written, now
-                    elif now - last_growth > STALL_S:
-                        raise BridgeError(
-                            f"input {source.name!r} delivered no audio for {now - last_growth:.1f} s "
-                            "(unplugged, or the audio server dropped the stream); check the device "
-                            "with `a2e-bridge devices` and restart"
-                        )
-                    stats.busy_s += time.perf_counter() - t_busy
-                    stats.busy_cpu_s += time.thread_time() - c_busy
-                    # Audio lands a capture block at a time: sleep until about a block before the
-                    # frame's last sample is due, then poll cheaply (no pull) until it lands.
-                    time.sleep(min(max(POLL_S / 2, (missing - self._block16k) / SAMPLE_RATE), 0.010))
-                    continue
-                # live_hops: keep the history no further ahead than the next frame needs.
-                if not self.live_hops or stream.history.count < self._next_needed():
-                    stream.pull()
-                if source.error:
-                    raise BridgeError(source.error)
-                oldest = self._oldest_in_time() if self.realtime else None
-                hop = sched.plan(stream.history.count, oldest)
-                if hop is None:
-                    stats.busy_s += time.perf_counter() - t_busy
-                    stats.busy_cpu_s += time.thread_time() - c_busy
-                    if stream.ended:
-                        break
-                    time.sleep(POLL_S)
-                    continue
-                self._run_hop(hop)
-                sched.done(hop)
-                if time.monotonic() >= next_status:  # here too: a busy CPU may never idle
-                    next_status += STATUS_EVERY_S
-                    self._log_status()
+                t_busy, c_busy = time.perf_counter(), time.thread_time()
+                wait = self._step()
                 stats.busy_s += time.perf_counter() - t_busy
                 stats.busy_cpu_s += time.thread_time() - c_busy
+                if wait is None:
+                    break
+                if wait:
+                    time.sleep(wait)
         finally:
             source.stop()
-        stats.frames_dropped = sched.dropped
-        stats.frames_expected = stream.frames_total
+        stats.frames_dropped = self.stream.scheduler.dropped
+        stats.frames_expected = self.stream.frames_total
         stats.extra.update(self._input_counters())
         return stats
+
+    def _step(self) -> float | None:
+        """One turn of the hop loop: seconds to sleep next, or None when the input is done."""
+        stream, sched, source = self.stream, self.stream.scheduler, self.stream.source
+        missing = self._samples_missing()
+        if missing > 0 and not stream.ended and not source.finished:
+            self._check_input_alive()
+            # Audio lands a capture block at a time: sleep until about a block before the
+            # frame's last sample is due, then poll cheaply (no pull) until it lands.
+            return min(max(POLL_S / 2, (missing - self._block16k) / SAMPLE_RATE), 0.010)
+        # live_hops: keep the history no further ahead than the next frame needs.
+        if not self.live_hops or stream.history.count < self._next_needed():
+            stream.pull()
+        if source.error:
+            raise BridgeError(source.error)
+        hop = sched.plan(stream.history.count, self._oldest_in_time() if self.realtime else None)
+        if hop is None:
+            return None if stream.ended else POLL_S
+        self._run_hop(hop)
+        sched.done(hop)
+        if time.monotonic() >= self._next_status:
+            self._next_status += STATUS_EVERY_S
+            self._log_status()
+        return 0.0
+
+    def _check_input_alive(self) -> None:
+        """A live input that stops delivering (unplugged, server gone) ends the run, loudly."""
+        source, now = self.stream.source, time.monotonic()
+        if source.error:
+            raise BridgeError(source.error)
+        if source.ring.written != self._last_written:
+            self._last_written, self._last_growth = source.ring.written, now
+        elif now - self._last_growth > STALL_S:
+            raise BridgeError(
+                f"input {source.name!r} delivered no audio for {now - self._last_growth:.1f} s "
+                "(unplugged, or the audio server dropped the stream); check the device "
+                "with `a2e-bridge devices` and restart"
+            )
 
     def _next_needed(self) -> int:
         """Stream sample count at which the next frame can be published."""
