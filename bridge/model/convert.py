@@ -35,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bridge.errors import BridgeError
+from bridge.model.graph import constant_value
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +146,10 @@ def _fp16_tensor(t: TensorProto, name: str, report: ConvertReport) -> TensorProt
 
 def _const_value(node: onnx.NodeProto) -> np.ndarray:
     """A float Constant node's value, whichever attribute holds it."""
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.asarray(a.f, np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), np.float32)
-    raise BridgeError(f"Constant node {node.name!r} has no float value")
+    value = constant_value(node)
+    if value is None:
+        raise BridgeError(f"Constant node {node.name!r} has no float value")
+    return value
 
 
 class _Names:

@@ -29,6 +29,18 @@ CHAIN_OPS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """A Constant node's value, whichever attribute holds it (None if not a plain float/tensor)."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.asarray(attr.f, np.float32)
+        if attr.name == "value_floats":
+            return np.asarray(list(attr.floats), np.float32)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LayerNormChain:
     """One decomposed LayerNorm found in a graph."""
@@ -66,14 +78,7 @@ class _Index:
         node = self.producer.get(name)
         if node is None or node.op_type != "Constant":
             return None
-        for attr in node.attribute:
-            if attr.name == "value":
-                return numpy_helper.to_array(attr.t)
-            if attr.name == "value_float":
-                return np.asarray(attr.f, np.float32)
-            if attr.name == "value_floats":
-                return np.asarray(list(attr.floats), np.float32)
-        return None
+        return constant_value(node)
 
     def is_constant(self, name: str) -> bool:
         if name in self.initializers:
