@@ -123,22 +123,26 @@ class Bridge:
         self.cfg = cfg
         self.live_hops = live_hops
         self.on_frame = on_frame
-        self.model = load_model(cfg.model)
-        self.runner = self.model.runner
-        self.post = build_post_chain(cfg.post, raw=raw)
         window_frames = round(cfg.model.window_s * FPS)
         if cfg.schedule.lookahead_frames >= window_frames:
             raise BridgeError(
                 f"{cfg.source}: schedule.lookahead_frames = {cfg.schedule.lookahead_frames} must be "
                 f"smaller than the window ({window_frames} frames for model.window_s = {cfg.model.window_s})"
             )
+        self.post = build_post_chain(cfg.post, raw=raw)
+        # Cheap checks first (the input, the ports), so a typo costs no model load.
         self.outputs: list[Output] = []
+        source: AudioSource | None = None
         try:
             self.outputs = [build_output(o) for o in cfg.outputs]
             source = build_source(cfg.input, duration)
+            self.model = load_model(cfg.model)
         except BaseException:
+            if source is not None:
+                source.stop()
             self.close()
             raise
+        self.runner = self.model.runner
         limit = round(duration * SAMPLE_RATE) if duration is not None else None
         self.stream = InputStream(source, channel=cfg.input.channel,
                                   window_samples=self.runner.window_samples,

@@ -66,8 +66,11 @@ def test_unknown_config_key(tmp_path: Path) -> None:
 
 def test_missing_model_file_says_where_and_how(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, '[model]\npreset = "lam"\nfallback = ""\n')
-    one_line_error(cli("run", "-c", str(cfg), "--input", "x.wav"), "lam", "--model synthetic")
-    one_line_error(cli("run", "--model", str(tmp_path / "nope.onnx")), "model file not found")
+    wav = tmp_path / "s.wav"
+    soundfile.write(str(wav), np.zeros(16000, np.float32), 16000)
+    one_line_error(cli("run", "-c", str(cfg), "--input", str(wav)), "lam", "--model synthetic")
+    one_line_error(cli("run", "--input", str(wav), "--model", str(tmp_path / "nope.onnx")),
+                   "model file not found")  # fmt: skip
 
 
 def test_unreadable_audio_file(tmp_path: Path) -> None:
