@@ -97,7 +97,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         try:
             runner = _load_preset(cfg, cfg.fallback, None)
         except BridgeError as e2:
-            hint = "" if "--model synthetic" in f"{e}{e2}" else "; try the pipeline offline with --model synthetic"
+            offline = "; try the pipeline offline with --model synthetic"
+            hint = "" if "--model synthetic" in f"{e}{e2}" else offline
             raise BridgeError(f"{e} -- and the fallback {cfg.fallback!r} failed too: {e2}{hint}") from None
         event = FallbackEvent(cfg.preset, cfg.fallback, str(e), time.monotonic() - failed, 0)
         return LoadedModel(runner, cfg.fallback, event)
