@@ -165,7 +165,6 @@ class Bridge:
             cfg.model.fallback_after_s,
             cfg.schedule.max_latency_ms,
         )
-        self._head = np.zeros(len(HEAD_EYE_NAMES), dtype=np.float32)
         self._rms = np.zeros(window_frames, dtype=np.float32)
         self._head_block = np.zeros((window_frames, len(HEAD_EYE_NAMES)), dtype=np.float32)
         self._subject = next((o.subject for o in cfg.outputs), "")
@@ -310,7 +309,7 @@ class Bridge:
         for i in range(hop.stride):
             number = hop.first + i
             capture = self.stream.capture_time(frame_end_sample(number) - 1)
-            head = ctx.head[i] if ctx.head is not None else self._head
+            head = ctx.head[i]  # zeros unless a stage (head motion) filled them
             prob = float(ctx.speech_prob[i]) if ctx.speech_prob is not None else None
             frame = FaceFrame(number, block[i], capture, head, self._subject, prob,
                               text if i == hop.stride - 1 else "")  # fmt: skip
