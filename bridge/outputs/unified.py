@@ -123,7 +123,7 @@ class UnifiedParam:
         return self._plain()[0]
 
     def _plain(self) -> tuple[float, Terms]:
-        bias, acc = self.offset, {}
+        bias, acc = self.offset, dict[str, float]()
         for n, w in self.sources:
             f = _FEATURE.get(n)
             for m, v in f.plain if f else ((n, 1.0),):
@@ -133,7 +133,8 @@ class UnifiedParam:
 
     @property
     def range(self) -> tuple[float, float]:
-        """Values it takes when every ARKit weight is in 0..1 (e.g. -1..1 for JawX)."""
+        """Values it takes when every ARKit weight is in 0..1 and every eye angle in -1..1
+        (e.g. -1..1 for JawX)."""
         lo = hi = self.offset
         for n, w in self.sources:
             a, b = _FEATURE[n].range if n in _FEATURE else (0.0, 1.0)
