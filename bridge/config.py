@@ -272,7 +272,9 @@ class OutputConfig:
     )
     endpoint: str = _opt("tcp://127.0.0.1:5555", doc="zmq: endpoint the PUB socket binds")
     subject: str = _opt("A2EBridge", doc="subject name (livelink, zmq json)")
-    device_id: str = _opt("a2e-bridge", doc="livelink: stable device id")
+    device_id: str | None = _opt(
+        None, doc="livelink: device id; default a UUID derived from this machine and the subject"
+    )
     scheme: Literal["arkit", "vmc"] = _opt("arkit", doc="osc: arkit (/arkit/<Name>) or vmc")
     speech: bool = _opt(False, doc="osc arkit: also send /arkit/speech (1 - CTC blank probability)")
     format: Literal["json", "livelink"] = _opt("json", doc="zmq: json or livelink packet bytes")

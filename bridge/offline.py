@@ -337,9 +337,10 @@ def comparison_table(results: Sequence[Comparison], channels: Sequence[str] = MA
 OUTPUT_SUFFIXES = (".csv", ".json", ".npy")
 
 
-def write_render(path: str | Path, result: Render) -> None:
-    """Write ``result`` as Live Link Face CSV, JSON or npy, by ``path``'s extension."""
-    from bridge.livelink_csv import write_livelink_csv
+def write_render(path: str | Path, result: Render, timecode_fps: int | None = None) -> None:
+    """Write ``result`` as Live Link Face CSV, JSON or npy, by ``path``'s extension;
+    ``timecode_fps`` is the CSV's timecode rate (default the app's 60)."""
+    from bridge.livelink_csv import APP_TIMECODE_FPS, write_livelink_csv
 
     p = Path(path)
     suffix = p.suffix.lower()
@@ -347,7 +348,7 @@ def write_render(path: str | Path, result: Render) -> None:
         raise BridgeError(f"output {p}: unknown format {suffix or '(none)'}; use .csv, .json or .npy")
     try:
         if suffix == ".csv":
-            write_livelink_csv(p, result.values, result.head)
+            write_livelink_csv(p, result.values, result.head, timecode_fps=timecode_fps or APP_TIMECODE_FPS)
         elif suffix == ".npy":
             np.save(p, result.livelink())
         else:

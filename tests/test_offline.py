@@ -103,12 +103,26 @@ def test_cli_csv_is_one_row_per_frame_and_readable_back(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     with out.open(newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0][:2] == ["Timecode", "BlendshapeCount"] and len(rows[0]) == 63
+    assert rows[0][:2] == ["Timecode", "BlendShapeCount"] and len(rows[0]) == 63
     assert len(rows) == 1 + 45
     assert [r[0] for r in rows[1:]] == [format_timecode(k) for k in range(45)]
+    assert rows[1][0] == "00:00:00:00.000" and rows[2][0] == "00:00:00:02.000"  # the app's 60 fps timecode
     rec = read_livelink_csv(out)
     np.testing.assert_allclose(rec.values, expected(45), atol=2e-6)
-    assert (rec.head == 0).all()
+    assert (rec.head == 0).all() and rec.timecode_fps == 60
+    np.testing.assert_allclose(np.diff(rec.times()), 1 / 30, atol=1e-9)
+    out30 = tmp_path / "out30.csv"
+    args = ["offline", str(wav), "--model", "oracle", "--raw", "--timecode-fps", "30", "-o", str(out30)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    with out30.open(newline="") as f:
+        assert [r[0] for r in csv.reader(f)][1:4] == [format_timecode(k, 30) for k in range(3)]
+    assert read_livelink_csv(out30).timecode_fps == 30
+    bad = CliRunner().invoke(
+        main, ["offline", str(wav), "--timecode-fps", "30", "-o", str(tmp_path / "o.json")]
+    )
+    assert bad.exit_code == 2 and "--timecode-fps is for a Live Link Face CSV" in bad.output
+    assert "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
 
 
 def test_cli_json_npy_and_plot(tmp_path: Path) -> None:

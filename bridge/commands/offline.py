@@ -90,6 +90,11 @@ def _with_window(cfg: Any, window: float | None) -> Any:
 )
 @click.option("--model", metavar="PRESET|PATH", help="model preset (e.g. synthetic) or .onnx path")
 @click.option("--raw", is_flag=True, help="bypass all post-processing")
+@click.option(
+    "--timecode-fps",
+    type=click.Choice(["60", "30"]),
+    help="CSV timecode rate: 60 (default, the Live Link Face app's: the frame field steps by 2) or 30",
+)
 @click.option("--plot", "plot_path", metavar="OUT.png", help="draw the main channels above the waveform")
 @click.option(
     "--window", type=float, metavar="SECONDS", help="model window for this render (default: model.window_s)"
@@ -110,7 +115,7 @@ def _with_window(cfg: Any, window: float | None) -> Any:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @friendly
 def offline(input_file: str, out: str | None, config_path: str | None, model: str | None, raw: bool,
-            plot_path: str | None, window: float | None, compare_streaming: bool,
+            timecode_fps: str | None, plot_path: str | None, window: float | None, compare_streaming: bool,
             lookahead: tuple[str, ...], report_path: str | None, quiet: bool) -> None:  # fmt: skip
     """Render a whole audio file with full context (no latency limit) to CSV, JSON or npy.
 
@@ -138,6 +143,9 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
         raise BridgeError(f"-o {out}: unknown format; use a .csv, .json or .npy name")
     if report_path and not compare_streaming:
         raise BridgeError("--report needs --compare-streaming")
+    if timecode_fps and not (out and Path(out).suffix.lower() == ".csv"):
+        got = f"-o {out}" if out else "no -o"
+        raise BridgeError(f"--timecode-fps is for a Live Link Face CSV: give -o OUT.csv (got {got})")
     lookaheads = _lookaheads(lookahead) if compare_streaming else []
     cfg = _with_window(apply_overrides(load_config(config_path), model=model), window)
     if compare_streaming:
@@ -152,7 +160,7 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
         err=True,
     )
     if out:
-        write_render(out, result)
+        write_render(out, result, int(timecode_fps) if timecode_fps else None)
         click.echo(f"wrote {out}", err=True)
     if plot_path:
         plot_render(plot_path, result)

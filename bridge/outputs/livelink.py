@@ -8,11 +8,19 @@ Layout (all big-endian; see docs/wire-formats.md)::
 
 Everything but the frame number and the 61 floats is fixed per output, so the packet is
 built once and only those two regions are patched per frame.
+
+The device id defaults to a 36-character UUID like the phone app's (:func:`default_device_id`):
+Unreal takes any id, but receivers written against the app read a fixed 36-byte id
+(PyLiveLinkFace) or accept only packets of the app's exact size (one VRCFaceTracking release).
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 import struct
+import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +36,47 @@ FIXED_SIZE = 270
 
 _FRAME = struct.Struct(">i")
 _TAIL = struct.Struct(">ifiiB")  # frame, sub-frame, fps num, fps den, value count
+
+#: Length of the phone app's device id, a UUID string ``8-4-4-4-12``.
+APP_DEVICE_ID_LENGTH = 36
+#: uuid5 namespace of the bridge's derived device ids (itself uuid5 of a fixed name).
+DEVICE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "device-id.livelink.a2e-bridge")
+_MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+log = logging.getLogger(__name__)
+
+
+def machine_key() -> str:
+    """A string that stays the same on this machine across runs and reboots.
+
+    systemd's machine id where there is one; else the MAC address that ``uuid.getnode``
+    finds (Windows, macOS), unless it had to make one up (multicast bit set: random per
+    run); else the host name.  It is only ever used hashed (:func:`default_device_id`),
+    never sent, as machine-id(5) asks.
+    """
+    for name in _MACHINE_ID_FILES:
+        try:
+            text = Path(name).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text and text != "uninitialized":
+            return "machine-id:" + text
+    node = uuid.getnode()
+    if not (node >> 40) & 1:
+        return f"mac:{node:012x}"
+    return "host:" + socket.gethostname()
+
+
+def default_device_id(subject: str, machine: str | None = None) -> str:
+    """The device id the bridge sends when none is configured: a 36-character UUID
+    (upper case, as iOS writes UUIDs), derived from this machine and ``subject``.
+
+    Derived, not random: Unreal keys a Live Link subject by its device id, so the same id
+    on every start keeps the subject (and whatever is bound to it) across restarts, while
+    two subjects, or two machines, get different ids.
+    """
+    key = machine_key() if machine is None else machine
+    return str(uuid.uuid5(DEVICE_ID_NAMESPACE, f"{key}\n{subject}")).upper()
 
 
 def packet_size(subject: str, device_id: str) -> int:
@@ -46,9 +95,24 @@ class LiveLinkEncoder:
 
     ``prefix`` is placed before the packet in the same buffer; :class:`ZmqEncoder` uses it
     for its topic so the ZeroMQ message is patched in place too.
+
+    ``device_id`` None means :func:`default_device_id` (a UUID for this machine and subject);
+    a configured id is sent as given, with a warning when receivers built for the app
+    cannot read it (not 36 bytes).
     """
 
-    def __init__(self, subject: str, device_id: str, mirror: bool = False, *, prefix: bytes = b"") -> None:
+    def __init__(
+        self, subject: str, device_id: str | None = None, mirror: bool = False, *, prefix: bytes = b""
+    ) -> None:
+        if device_id is None:
+            device_id = default_device_id(subject)
+        elif len(device_id.encode()) != APP_DEVICE_ID_LENGTH:
+            log.warning(
+                "livelink device_id %r is %d bytes, the phone app's is a 36-character UUID: Unreal "
+                "reads it, PyLiveLinkFace and VRCFaceTracking's Live Link module may not; "
+                "leave device_id unset for a UUID",
+                device_id, len(device_id.encode()),
+            )  # fmt: skip
         self.subject = subject
         self.device_id = device_id
         self.mirror = mirror

@@ -8,14 +8,22 @@ enum: ``JawOpen``, ``MouthCornerPullLeft``, ...), the simplified shapes
 parameters (``UnifiedExpressionsParameters``: ``JawX``, ``MouthX``, ``SmileFrownLeft``,
 ``EyeLidLeft``, ...).  The base shapes are filled from ARKit the way VRCFT's own Live Link
 module does (``ArKitPacketReader.cs``); the simplified and combined ones are then computed
-with VRCFT's formulas.
+with VRCFT's formulas, so an avatar looks the same fed by the bridge directly or by VRCFT
+reading the bridge's Live Link packets.
 
-Every parameter here is ``bias + sum(weight * arkit) + sum(coef * max(arkit_a, arkit_b))``,
-so a whole frame is one small matrix product.  Two simplifications, both documented in
-docs/wire-formats.md: eye openness is ``1 - eyeBlink`` (VRCFT's ARKit modules use
-``1 - min(1, blink * (1 + squint))``), and the lip suck shapes take ``mouthRoll*`` alone
-(VRCFT also caps the upper one by ``1 - mouthUpperUp ** (1/6)``).  ``Left`` is the
-performer's left, as in ARKit and VRCFT; X axes are positive to the performer's right.
+That module is not a plain mapping in three places, which become the :data:`FEATURES`
+here, computed per frame before the (linear) table:
+
+* eye openness ``openLeft = 1 - clamp(eyeBlinkLeft * (1 + eyeSquintLeft), 0, 1)``, from
+  which ``EyeOpen*``, ``EyeClosed*`` and ``EyeLid*`` follow;
+* the upper lip suck ``suckUpperLeft = min(mouthRollUpper, 1 - mouthUpperUpLeft ** (1/6))``;
+* gaze from the eye angles of the Live Link packet, not from the ``eyeLook*`` shapes:
+  ``gazeLeftX = LeftEyeYaw``, ``gazeLeftY = -LeftEyePitch`` (degrees / 180, as sent).
+
+Every parameter is then ``bias + sum(weight * source) + sum(coef * max(arkit_a, arkit_b))``
+over the 52 ARKit weights and those features: :class:`UnifiedMap` evaluates it per frame.
+``Left`` is the performer's left, as in ARKit and VRCFT; X axes are positive to the
+performer's right.
 """
 
 from __future__ import annotations
@@ -25,28 +33,114 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bridge.blendshapes import ARKIT_NAMES, NUM_BLENDSHAPES
+from bridge.blendshapes import ARKIT_NAMES, NUM_BLENDSHAPES, mirror_permutation
 from bridge.errors import BridgeError
 
 #: VRCFT's default parameter prefix for Unified Expressions (``/avatar/parameters/v2/...``).
 UNIFIED_PREFIX = "v2/"
 
+Terms = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """A per-frame input of VRCFT's Live Link module that is not a plain ARKit weight."""
+
+    name: str
+    formula: str  #: how VRCFT computes it (docs)
+    plain: Terms  #: the plain ARKit mapping it replaces (what :func:`unified_matrix` uses)
+    plain_bias: float = 0.0
+    range: tuple[float, float] = (0.0, 1.0)
+
+
+def _feature_table() -> tuple[Feature, ...]:
+    out = []
+    for s in ("Left", "Right"):
+        out.append(Feature(f"open{s}", f"1 - clamp(eyeBlink{s}·(1 + eyeSquint{s}), 0, 1)",
+                           ((f"eyeBlink{s}", -1.0),), 1.0))  # fmt: skip
+    for s in ("Left", "Right"):
+        out.append(Feature(f"suckUpper{s}", f"min(mouthRollUpper, 1 - mouthUpperUp{s}^(1/6))",
+                           (("mouthRollUpper", 1.0),)))  # fmt: skip
+    eye_in_out = {"Left": ("eyeLookInLeft", "eyeLookOutLeft"), "Right": ("eyeLookOutRight", "eyeLookInRight")}
+    for s in ("Left", "Right"):
+        toward_right, toward_left = eye_in_out[s]
+        out.append(Feature(f"gaze{s}X", f"{s}EyeYaw", ((toward_right, 1.0), (toward_left, -1.0)),
+                           range=(-1.0, 1.0)))  # fmt: skip
+        out.append(Feature(f"gaze{s}Y", f"-{s}EyePitch", ((f"eyeLookUp{s}", 1.0), (f"eyeLookDown{s}", -1.0)),
+                           range=(-1.0, 1.0)))  # fmt: skip
+    return tuple(out)
+
+
+#: VRCFT's non-plain inputs, in the order :class:`UnifiedMap` computes them.
+FEATURES: tuple[Feature, ...] = _feature_table()
+_FEATURE = {f.name: f for f in FEATURES}
+# UnifiedMap._fill_features writes them in this order.
+assert list(_FEATURE) == ["openLeft", "openRight", "suckUpperLeft", "suckUpperRight",
+                          "gazeLeftX", "gazeLeftY", "gazeRightX", "gazeRightY"]  # fmt: skip
+#: Everything a parameter can be built from: the 52 ARKit weights, then the features.
+SOURCE_NAMES: tuple[str, ...] = ARKIT_NAMES + tuple(f.name for f in FEATURES)
+_SOURCE_INDEX = {n: i for i, n in enumerate(SOURCE_NAMES)}
+
+
+def _fmt_terms(bias: float, terms: Terms, maxes: tuple[tuple[float, str, str], ...]) -> str:
+    """``0.75·openLeft + 0.25·eyeWideLeft`` style text, bias first (docs table)."""
+    parts: list[tuple[float, str]] = [(w, n) for n, w in terms]
+    parts += [(c, f"max({a}, {b})") for c, a, b in maxes]
+    text = f"{bias:g}" if bias else ""
+    for w, n in parts:
+        mag = "" if abs(w) == 1 else f"{abs(w):g}·"
+        if not text:
+            text = ("-" if w < 0 else "") + mag + n
+        else:
+            text += (" - " if w < 0 else " + ") + mag + n
+    return text or "0"
+
 
 @dataclass(frozen=True, slots=True)
 class UnifiedParam:
-    """One v2 parameter as a function of the 52 ARKit weights."""
+    """One v2 parameter: ``offset + sum(weight * source) + sum(coef * max(arkit a, arkit b))``,
+    a source being an ARKit weight or a :data:`FEATURES` name."""
 
     name: str
-    terms: tuple[tuple[str, float], ...]
-    bias: float = 0.0
+    sources: Terms
+    offset: float = 0.0
     maxes: tuple[tuple[float, str, str], ...] = ()  #: (coef, arkit a, arkit b): coef * max(a, b)
 
     @property
+    def formula(self) -> str:
+        """VRCFT's formula as text (the docs/wire-formats.md table)."""
+        return _fmt_terms(self.offset, self.sources, self.maxes)
+
+    @property
+    def terms(self) -> Terms:
+        """The plain linear mapping over ARKit weights only (features replaced by the plain
+        shapes they stand for, e.g. ``openLeft`` by ``1 - eyeBlinkLeft``)."""
+        return self._plain()[1]
+
+    @property
+    def bias(self) -> float:
+        """The constant of :attr:`terms`."""
+        return self._plain()[0]
+
+    def _plain(self) -> tuple[float, Terms]:
+        bias, acc = self.offset, dict[str, float]()
+        for n, w in self.sources:
+            f = _FEATURE.get(n)
+            for m, v in f.plain if f else ((n, 1.0),):
+                acc[m] = acc.get(m, 0.0) + w * v
+            bias += w * f.plain_bias if f else 0.0
+        return bias, tuple((n, w) for n, w in acc.items() if w != 0.0)
+
+    @property
     def range(self) -> tuple[float, float]:
-        """Values it takes when every ARKit weight is in 0..1 (e.g. -1..1 for JawX)."""
-        coefs = [w for _, w in self.terms] + [c for c, _, _ in self.maxes]
-        lo = self.bias + sum(min(0.0, c) for c in coefs)
-        hi = self.bias + sum(max(0.0, c) for c in coefs)
+        """Values it takes when every ARKit weight is in 0..1 and every eye angle in -1..1
+        (e.g. -1..1 for JawX)."""
+        lo = hi = self.offset
+        for n, w in self.sources:
+            a, b = _FEATURE[n].range if n in _FEATURE else (0.0, 1.0)
+            lo, hi = lo + min(w * a, w * b), hi + max(w * a, w * b)
+        for c, _, _ in self.maxes:
+            lo, hi = lo + min(0.0, c), hi + max(0.0, c)
         return round(lo, 6), round(hi, 6)
 
 
@@ -79,7 +173,7 @@ def _table() -> tuple[UnifiedParam, ...]:
     t += _sides("CheekSquint", "cheekSquint") + _both("CheekPuff", "cheekPuff")
     t += [_p("JawOpen", "jawOpen"), _p("JawRight", "jawRight"), _p("JawLeft", "jawLeft")]
     t += [_p("JawForward", "jawForward"), _p("MouthClosed", "mouthClose")]
-    t += _both("LipSuckUpper", "mouthRollUpper") + _both("LipSuckLower", "mouthRollLower")
+    t += _sides("LipSuckUpper", "suckUpper") + _both("LipSuckLower", "mouthRollLower")
     for part in ("LipFunnelUpper", "LipFunnelLower"):
         t += _both(part, "mouthFunnel")
     for part in ("LipPuckerUpper", "LipPuckerLower"):
@@ -99,27 +193,22 @@ def _table() -> tuple[UnifiedParam, ...]:
         t.append(_p(f"BrowDown{s}", f"browDown{s}"))  # .75 lowerer + .25 pinch, both browDown
         t.append(_p(f"MouthSmile{s}", f"mouthSmile{s}"))  # .8 pull + .2 slant, both mouthSmile
         t.append(_p(f"MouthSad{s}", maxes=((1.0, f"mouthFrown{s}", f"mouthStretch{s}"),)))
-    # --- eyes (UnifiedExpressionsParameters, eye region)
+    # --- eyes (UnifiedExpressionsParameters, eye region), from VRCFT's eye openness
     for s in ("Left", "Right"):
-        t.append(_p(f"EyeClosed{s}", f"eyeBlink{s}"))
-        t.append(_p(f"EyeOpen{s}", (f"eyeBlink{s}", -1.0), bias=1.0))
-        t.append(_p(f"EyeLid{s}", (f"eyeBlink{s}", -0.75), (f"eyeWide{s}", 0.25), bias=0.75))
-    t.append(_mean("EyeClosed", "eyeBlinkLeft", "eyeBlinkRight"))
-    t.append(_p("EyeOpen", ("eyeBlinkLeft", -0.5), ("eyeBlinkRight", -0.5), bias=1.0))
-    t.append(_p("EyeLid", ("eyeBlinkLeft", -0.375), ("eyeBlinkRight", -0.375),
-                ("eyeWideLeft", 0.125), ("eyeWideRight", 0.125), bias=0.75))  # fmt: skip
+        t.append(_p(f"EyeClosed{s}", (f"open{s}", -1.0), bias=1.0))
+        t.append(_p(f"EyeOpen{s}", f"open{s}"))
+        t.append(_p(f"EyeLid{s}", (f"open{s}", 0.75), (f"eyeWide{s}", 0.25)))
+    t.append(_p("EyeClosed", ("openLeft", -0.5), ("openRight", -0.5), bias=1.0))
+    t.append(_mean("EyeOpen", "openLeft", "openRight"))
+    t.append(_p("EyeLid", ("openLeft", 0.375), ("openRight", 0.375),
+                ("eyeWideLeft", 0.125), ("eyeWideRight", 0.125)))  # fmt: skip
     t.append(_p("EyeWide", maxes=((1.0, "eyeWideLeft", "eyeWideRight"),)))
     t.append(_p("EyeSquint", maxes=((1.0, "eyeSquintLeft", "eyeSquintRight"),)))
     t.append(_p("EyesSquint", maxes=((1.0, "eyeSquintLeft", "eyeSquintRight"),)))
-    # gaze: +X = the performer's right, +Y = up
-    t.append(_p("EyeLeftX", "eyeLookInLeft", ("eyeLookOutLeft", -1.0)))
-    t.append(_p("EyeLeftY", "eyeLookUpLeft", ("eyeLookDownLeft", -1.0)))
-    t.append(_p("EyeRightX", "eyeLookOutRight", ("eyeLookInRight", -1.0)))
-    t.append(_p("EyeRightY", "eyeLookUpRight", ("eyeLookDownRight", -1.0)))
-    t.append(_p("EyeX", ("eyeLookInLeft", 0.5), ("eyeLookOutLeft", -0.5),
-                ("eyeLookOutRight", 0.5), ("eyeLookInRight", -0.5)))  # fmt: skip
-    t.append(_p("EyeY", ("eyeLookUpLeft", 0.5), ("eyeLookDownLeft", -0.5),
-                ("eyeLookUpRight", 0.5), ("eyeLookDownRight", -0.5)))  # fmt: skip
+    # gaze, from the eye angles as VRCFT takes them: +X = the performer's right, +Y = up
+    for s in ("Left", "Right"):
+        t += [_p(f"Eye{s}X", f"gaze{s}X"), _p(f"Eye{s}Y", f"gaze{s}Y")]
+    t += [_mean("EyeX", "gazeLeftX", "gazeRightX"), _mean("EyeY", "gazeLeftY", "gazeRightY")]
     # --- brows combined
     t.append(_p("BrowUp", ("browOuterUpLeft", 0.3), ("browOuterUpRight", 0.3), ("browInnerUp", 0.4)))
     t.append(_mean("BrowDown", "browDownLeft", "browDownRight"))
@@ -139,16 +228,18 @@ def _table() -> tuple[UnifiedParam, ...]:
     for name in ("MouthUpperX", "MouthLowerX", "MouthX"):
         t.append(_p(name, "mouthRight", ("mouthLeft", -1.0)))
     # --- lips combined
-    t += [_p("LipSuckUpper", "mouthRollUpper"), _p("LipSuckLower", "mouthRollLower")]
-    t.append(_mean("LipSuck", "mouthRollUpper", "mouthRollLower"))
+    t += [_mean("LipSuckUpper", "suckUpperLeft", "suckUpperRight"), _p("LipSuckLower", "mouthRollLower")]
+    t.append(_p("LipSuck", ("suckUpperLeft", 0.25), ("suckUpperRight", 0.25), ("mouthRollLower", 0.5)))
     for name in ("LipFunnelUpper", "LipFunnelLower", "LipFunnel"):
         t.append(_p(name, "mouthFunnel"))
     for name in ("LipPuckerUpper", "LipPuckerLower", "LipPuckerLeft", "LipPuckerRight", "LipPucker"):
         t.append(_p(name, "mouthPucker"))
-    for part, roll in (("Upper", "mouthRollUpper"), ("Lower", "mouthRollLower")):
-        t.append(_p(f"LipSuckFunnel{part}", roll, ("mouthFunnel", -1.0)))
-        for s in ("Left", "Right"):
-            t.append(_p(f"LipSuckFunnel{part}{s}", roll, ("mouthFunnel", -1.0)))
+    t.append(_p("LipSuckFunnelUpper", ("suckUpperLeft", 0.5), ("suckUpperRight", 0.5), ("mouthFunnel", -1.0)))
+    for s in ("Left", "Right"):
+        t.append(_p(f"LipSuckFunnelUpper{s}", f"suckUpper{s}", ("mouthFunnel", -1.0)))
+    t.append(_p("LipSuckFunnelLower", "mouthRollLower", ("mouthFunnel", -1.0)))
+    for s in ("Left", "Right"):
+        t.append(_p(f"LipSuckFunnelLower{s}", "mouthRollLower", ("mouthFunnel", -1.0)))
     # --- mouth combined (no ARKit source for MouthTightener: it counts as 0)
     t.append(_mean("MouthUpperUp", "mouthUpperUpLeft", "mouthUpperUpRight"))
     t.append(_mean("MouthLowerDown", "mouthLowerDownLeft", "mouthLowerDownRight"))
@@ -221,8 +312,14 @@ MaxTerm = tuple[int, float, int, int]
 
 
 def unified_matrix(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list[MaxTerm]]:
-    """``(M, bias, maxes)`` with ``out = M @ arkit + bias`` plus, for each
-    ``(row, coef, a, b)``, ``out[row] += coef * max(arkit[a], arkit[b])``."""
+    """The plain linear mapping: ``(M, bias, maxes)`` with ``out = M @ arkit + bias`` plus, for
+    each ``(row, coef, a, b)``, ``out[row] += coef * max(arkit[a], arkit[b])``.
+
+    Over the 52 ARKit weights only, so each of VRCFT's :data:`FEATURES` is replaced by the
+    plain shapes it stands for (``openLeft`` by ``1 - eyeBlinkLeft``, ``suckUpperLeft`` by
+    ``mouthRollUpper``, gaze by ``eyeLook*``): not what VRCFT computes.  :class:`UnifiedMap`
+    is VRCFT's.
+    """
     index = {n: i for i, n in enumerate(ARKIT_NAMES)}
     m = np.zeros((len(names), NUM_BLENDSHAPES), dtype=np.float32)
     bias = np.zeros(len(names), dtype=np.float32)
@@ -238,3 +335,77 @@ def unified_matrix(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list
 
 def unified_param(name: str) -> UnifiedParam:
     return _BY_NAME[name]
+
+
+class UnifiedMap:
+    """Frame -> the chosen v2 parameters, with VRCFT's Live Link formulas (:data:`FEATURES`).
+
+    ``values`` are the 52 ARKit weights in canonical order and ``head`` the 9 Live Link head
+    and eye values (degrees / 180), from which gaze is taken as VRCFT takes it (``None``:
+    gaze 0).  ``mirror`` swaps every Left/Right weight and the two eyes, with their yaw
+    negated (a mirrored face looks the other way), before anything is derived, so the signed
+    axes change sign (``JawX``, ``EyeX``).  Pass the frame as it is: the map mirrors itself.
+    The returned array is reused by the next call.
+    """
+
+    def __init__(self, names: tuple[str, ...] | list[str], mirror: bool = False) -> None:
+        self.names = tuple(unified_name(n) for n in names)
+        self.mirror = mirror
+        m = np.zeros((len(self.names), len(SOURCE_NAMES)), dtype=np.float32)
+        self._bias = np.zeros(len(self.names), dtype=np.float32)
+        maxes: list[MaxTerm] = []
+        for row, name in enumerate(self.names):
+            p = _BY_NAME[name]
+            for src, w in p.sources:
+                m[row, _SOURCE_INDEX[src]] += w
+            self._bias[row] = p.offset
+            maxes += [(row, c, _SOURCE_INDEX[a], _SOURCE_INDEX[b]) for c, a, b in p.maxes]
+        self._m = m
+        self._max_rows = np.array([r for r, _, _, _ in maxes], dtype=np.intp)
+        self._max_coef = np.array([c for _, c, _, _ in maxes], dtype=np.float32)
+        self._max_a = np.array([a for _, _, a, _ in maxes], dtype=np.intp)
+        self._max_b = np.array([b for _, _, _, b in maxes], dtype=np.intp)
+        self._features = bool(m[:, NUM_BLENDSHAPES:].any())
+        self._perm = mirror_permutation(ARKIT_NAMES) if mirror else None
+        self._src = np.zeros(len(SOURCE_NAMES), dtype=np.float32)
+        self._out = np.zeros(len(self.names), dtype=np.float32)
+        at = _SOURCE_INDEX
+        self._eye = [(at[f"eyeBlink{s}"], at[f"eyeSquint{s}"]) for s in ("Left", "Right")]
+        self._lip = [at[f"mouthUpperUp{s}"] for s in ("Left", "Right")]
+        self._roll_upper = at["mouthRollUpper"]
+
+    def __call__(self, values: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
+        src = self._src
+        if self._perm is None:
+            src[:NUM_BLENDSHAPES] = values
+        else:
+            np.take(values, self._perm, out=src[:NUM_BLENDSHAPES])
+        if self._features:
+            self._fill_features(src, head)
+        np.matmul(self._m, src, out=self._out)
+        self._out += self._bias
+        if self._max_rows.size:
+            peaks = np.maximum(src[self._max_a], src[self._max_b])
+            np.add.at(self._out, self._max_rows, self._max_coef * peaks)
+        return self._out
+
+    def _fill_features(self, src: np.ndarray, head: np.ndarray | None) -> None:
+        """VRCFT's eye openness, upper lip suck and gaze, into ``src[52:]`` (FEATURES order)."""
+        k = NUM_BLENDSHAPES
+        for i, (blink_at, squint_at) in enumerate(self._eye):
+            blink = float(src[blink_at])
+            src[k + i] = 1.0 - min(1.0, max(0.0, blink + blink * float(src[squint_at])))
+        roll = float(src[self._roll_upper])
+        for i, up_at in enumerate(self._lip):
+            up = max(0.0, float(src[up_at]))  # a small negative weight would make the root NaN
+            src[k + 2 + i] = min(1.0 - up ** (1.0 / 6.0), roll)
+        if head is None:
+            src[k + 4 :] = 0.0
+            return
+        # Live Link head order: HeadYaw, HeadPitch, HeadRoll, LeftEye yaw/pitch/roll, RightEye ...
+        left_yaw, left_pitch = float(head[3]), float(head[4])
+        right_yaw, right_pitch = float(head[6]), float(head[7])
+        if self.mirror:  # the other eye, looking the other way
+            left_yaw, left_pitch, right_yaw, right_pitch = -right_yaw, right_pitch, -left_yaw, left_pitch
+        src[k + 4], src[k + 5] = left_yaw, -left_pitch
+        src[k + 6], src[k + 7] = right_yaw, -right_pitch

@@ -51,7 +51,7 @@ class ZmqEncoder:
         format: ZmqFormat = "json",
         topic: str = "a2e",
         subject: str = "A2EBridge",
-        device_id: str = "a2e-bridge",
+        device_id: str | None = None,
         mirror: bool = False,
     ) -> None:
         if format not in FORMATS:
