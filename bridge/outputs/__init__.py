@@ -5,6 +5,7 @@ stalls the hop loop.  :func:`build_output` turns one ``[[output]]`` table into o
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 from bridge.config import OutputConfig
@@ -20,6 +21,8 @@ from bridge.outputs.vrchat import VrchatEncoder, VrchatOutput
 from bridge.outputs.vrchat_avatar import default_osc_folder, load_avatar_config
 from bridge.outputs.vrchat_listener import AvatarFollower
 from bridge.outputs.zmq import ZmqEncoder, ZmqPubTransport
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ConsoleEncoder",
@@ -91,7 +94,7 @@ def _build_vrchat(cfg: OutputConfig, port: int) -> Output:
                         avatar=avatar)  # fmt: skip
     label = f"vrchat {cfg.names}"
     transport = UdpTransport(cfg.host, port, label=label)
-    name = f"{label} {cfg.host}:{port}" + (f" avatar {avatar.id or avatar.source}" if avatar else "")
+    name = f"{label} {cfg.host}:{port}"
     listen, explicit = cfg.resolved_listen_port
     follower = None
     if listen:
@@ -105,7 +108,11 @@ def _build_vrchat(cfg: OutputConfig, port: int) -> Output:
         if sock is not None:
             folder = Path(cfg.osc_folder).expanduser() if cfg.osc_folder is not None else default_osc_folder()
             follower = AvatarFollower(enc, sock, folder, label="vrchat")
-            name += f", avatar changes on {where}:{sock.getsockname()[1]}"
+            log.info("vrchat output: following /avatar/change on UDP %s:%d (avatar files in %s)",
+                     where, sock.getsockname()[1], folder)  # fmt: skip
+    if avatar is not None:
+        log.info("vrchat output: avatar %s (%s) from %s: %s", avatar.id, avatar.name, avatar.source,
+                 enc.plan.describe())  # fmt: skip
     return VrchatOutput(name, enc, transport, follower)
 
 
@@ -125,7 +132,8 @@ def _build_ifacialmocap(cfg: OutputConfig, port: int) -> Output:
             raise
         if sock is not None:
             phone = Phone(sock, reply_port=cfg.reply_port, timeout_s=cfg.request_timeout_s)
-            name += f", start strings on :{sock.getsockname()[1]}"
+            log.info("ifacialmocap output: answering iFacialMocap start strings on UDP port %d",
+                     sock.getsockname()[1])  # fmt: skip
     return IFacialMocapOutput(name, cfg.mirror, transport, phone)
 
 
