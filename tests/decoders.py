@@ -140,17 +140,21 @@ def ifacialmocap_v2_fields(data: bytes) -> dict[str, float]:
     return out
 
 
-def decode_vrcft_binary(parameters: list[dict[str, Any]], values: dict[str, Any]) -> dict[str, float]:
+def decode_vrcft_binary(
+    parameters: list[dict[str, Any]], values: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, float]]:
     """What an avatar built for VRCFaceTracking reads, from its OSC config ``parameters``
     (VRChat's JSON entries) and the last value received on each input address.
 
     A Float parameter is its value.  Bools named ``<base>1``, ``<base>2``, ``<base>4``, ...
     are the bits of ``<base>``: ``sum(2**i for each true bool) / 2**n`` with ``n`` bools,
     negated while ``<base>Negative`` is true (VRCFT docs: each bit is worth ``1 / 2**n``).
-    Returns ``{name or base: value}`` for every parameter that received something."""
+    Returns ``({float name: value}, {binary base name: value})`` for every parameter that
+    received something (one name may be both: templates keep a local float beside the bits)."""
     bits: dict[str, list[tuple[int, str]]] = {}
     negative: dict[str, str] = {}
     out: dict[str, float] = {}
+    decoded: dict[str, float] = {}
     for p in parameters:
         io = p.get("input")
         if io is None:
@@ -172,5 +176,5 @@ def decode_vrcft_binary(parameters: list[dict[str, Any]], values: dict[str, Any]
         value = total / 2 ** len(pairs)
         if negative.get(base) in values and values[negative[base]] is True:
             value = -value
-        out[base] = value
-    return out
+        decoded[base] = value
+    return out, decoded

@@ -48,6 +48,7 @@ class AvatarFollower:
         self.changes = 0  #: /avatar/change messages heard
         self.loads = 0  #: avatar files loaded and in use
         self.errors = 0  #: avatar changes that kept the previous set (no file, bad file)
+        self.retries, self.retry_s = FILE_RETRIES, FILE_RETRY_S
         self._sock = sock
         self._sock.settimeout(0.2)
         self._warned: set[str] = set()
@@ -84,8 +85,8 @@ class AvatarFollower:
             self._fail(avatar_id, "no OSC folder is known on this system; set output.osc_folder")
             return
         error = ""
-        for attempt in range(FILE_RETRIES):
-            if attempt and self._stop.wait(FILE_RETRY_S):
+        for attempt in range(self.retries):
+            if attempt and self._stop.wait(self.retry_s):
                 return
             path = find_avatar_file(self.osc_folder, avatar_id)
             if path is None:
