@@ -167,44 +167,49 @@ def find_avatar_file(folder: Path, avatar_id: str) -> Path | None:
     return max(found, key=lambda f: f.stat().st_mtime) if found else None
 
 
-def _prefix_ok(name: str, target: str, end: int) -> bool:
-    """``name[:end]`` is ``target`` alone or ``<prefix>/target`` whose prefix does not end in
-    a ``v<digits>`` segment (VRCFT's rule that keeps v1 names out of v2 ones)."""
-    start = end - len(target)
-    if start < 0 or name[start:end] != target:
-        return False
-    if start == 0:
-        return True
-    return name[start - 1] == "/" and not _VERSION_SEGMENT.search(name[: start - 1])
+def _suffixes(name: str) -> list[str]:
+    """``name`` and every tail of it after a ``/`` whose head does not end in a ``v<digits>``
+    segment (VRCFT's rule that keeps v1 names out of v2 ones): the names it can stand for."""
+    out = [name]
+    for i, c in enumerate(name):
+        if c == "/" and not _VERSION_SEGMENT.search(name[:i]):
+            out.append(name[i + 1 :])
+    return out
 
 
 def bind_avatar(config: AvatarConfig, targets: Sequence[tuple[str, str]]) -> list[Binding]:
     """Which parameters of ``config`` carry each ``(bridge parameter, avatar-side name)``,
     e.g. ``("JawOpen", "v2/JawOpen")``; only parameters the avatar has at least one address
     for are returned, in ``targets`` order.  The first match of each kind wins."""
-    out: list[Binding] = []
-    for parameter, target in targets:
-        float_address = bool_address = negative = ""
-        bits: dict[int, str] = {}
-        for p in config.parameters:
-            name = p.name
-            if _prefix_ok(name, target, len(name)):
-                if p.type == "Float" and not float_address:
-                    float_address = p.address
-                elif p.type == "Bool" and not bool_address:
-                    bool_address = p.address
-                continue
-            if p.type != "Bool":
-                continue
-            if name.endswith("Negative") and _prefix_ok(name, target, len(name) - len("Negative")):
-                negative = negative or p.address
-                continue
-            digits = len(name) - len(name.rstrip("0123456789"))
-            if digits and _prefix_ok(name, target, len(name) - digits):
-                weight = int(name[len(name) - digits :])
-                if weight > 0 and weight & (weight - 1) == 0:  # a power of two: bit log2(weight)
-                    bits.setdefault(weight.bit_length() - 1, p.address)
-        binding = Binding(parameter, float_address, tuple(sorted(bits.items())), negative, bool_address)
+    wanted = {target for _, target in targets}
+    floats: dict[str, str] = {}
+    bools: dict[str, str] = {}
+    negatives: dict[str, str] = {}
+    bits: dict[str, dict[int, str]] = {}
+    for p in config.parameters:
+        name, address = p.name, p.address
+        exact = floats if p.type == "Float" else bools if p.type == "Bool" else None
+        if exact is not None:
+            for t in _suffixes(name):
+                if t in wanted:
+                    exact.setdefault(t, address)
+        if p.type != "Bool":
+            continue
+        if name.endswith("Negative"):
+            for t in _suffixes(name[: -len("Negative")]):
+                if t in wanted:
+                    negatives.setdefault(t, address)
+        base = name.rstrip("0123456789")
+        if base != name:
+            weight = int(name[len(base) :])
+            if weight > 0 and weight & (weight - 1) == 0:  # a power of two: bit log2(weight)
+                for t in _suffixes(base):
+                    if t in wanted:
+                        bits.setdefault(t, {}).setdefault(weight.bit_length() - 1, address)
+    out = []
+    for parameter, t in targets:
+        binding = Binding(parameter, floats.get(t, ""), tuple(sorted(bits.get(t, {}).items())),
+                          negatives.get(t, ""), bools.get(t, ""))  # fmt: skip
         if binding.addresses:
             out.append(binding)
     return out
