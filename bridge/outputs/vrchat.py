@@ -23,10 +23,9 @@ tags change per frame.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -38,7 +37,8 @@ from bridge.outputs.osc_template import OscTemplate, check_address
 from bridge.outputs.unified import UNIFIED_NAMES, UNIFIED_PREFIX, unified_matrix, unified_name
 from bridge.outputs.vrchat_avatar import AvatarConfig, Binding, bind_avatar
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from bridge.outputs.vrchat_listener import AvatarFollower
 
 VrchatNames = Literal["arkit", "epic", "unified"]
 NAME_SCHEMES: tuple[str, ...] = ("arkit", "epic", "unified")
@@ -304,7 +304,8 @@ class VrchatEncoder:
 class VrchatOutput(Output):
     """The VRChat output; owns the thread that follows the avatar (when listening)."""
 
-    def __init__(self, name: str, encoder: VrchatEncoder, transport: Transport, follower=None) -> None:
+    def __init__(self, name: str, encoder: VrchatEncoder, transport: Transport,
+                 follower: AvatarFollower | None = None) -> None:  # fmt: skip
         super().__init__(name, encoder, transport)
         self.follower = follower
 

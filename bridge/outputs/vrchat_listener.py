@@ -74,7 +74,10 @@ class AvatarFollower:
                 continue
             for avatar_id in _avatar_ids(data):
                 self.changes += 1
-                self.change(avatar_id)
+                try:
+                    self.change(avatar_id)
+                except Exception as e:  # never let one odd avatar end the follower
+                    self._fail(avatar_id, f"{type(e).__name__}: {e}")
 
     def change(self, avatar_id: str) -> None:
         """Load ``avatar_id``'s file and switch to it, or keep the current set and say why once."""
