@@ -219,6 +219,19 @@ class PostConfig:
 OUTPUT_KINDS = ("livelink", "osc", "zmq", "vrchat", "ifacialmocap", "console")
 DEFAULT_PORTS = {"livelink": 11111, "osc": 9000, "vmc": 39539, "vrchat": 9000, "ifacialmocap": 49983,
                  "console": 53000}  # fmt: skip
+#: Where an output listens by default: iFacialMocap start strings, VRChat's OSC output.
+DEFAULT_LISTEN_PORTS = {"ifacialmocap": 49983, "vrchat": 9001}
+
+
+def _listen_port(v: int | bool) -> str | None:
+    if isinstance(v, bool):
+        return None
+    return None if 0 <= v < 65536 else "must be a port number 1..65535, or 0 / false to not listen"
+
+
+def _reply_port(v: int) -> str | None:
+    ok = 0 <= v < 65536
+    return None if ok else "must be a port number 1..65535, or 0 for the port the request came from"
 
 
 def _output_param_names(names: Any) -> str | None:
@@ -282,7 +295,9 @@ class OutputConfig:
     names: Literal["arkit", "epic", "unified"] = _opt(
         "arkit", doc="vrchat: ARKit names (jawOpen), epic (JawOpen) or unified (VRCFT v2: JawOpen, JawX)"
     )
-    prefix: str | None = _opt(None, doc='vrchat: before each name; default "v2/" for unified, else ""')
+    prefix: str | None = _opt(
+        None, doc='vrchat: before each name; default "FT/v2/" for unified, else "" (an avatar config decides)'
+    )
     parameters: list[str] | None = _opt(
         None, _output_param_names, "vrchat: the parameters to send, in order (default: all of the scheme)"
     )
@@ -302,7 +317,33 @@ class OutputConfig:
     transport: Literal["udp", "tcp"] = _opt("udp", doc="console: OSC over UDP or TCP")
     framing: Literal["slip", "length"] = _opt("slip", doc="console, tcp: slip (OSC 1.1) or length (OSC 1.0)")
     bundle: bool | None = _opt(None, doc="vrchat (default true), console (default false): send bundles")
+    listen_port: int | bool | None = _opt(
+        None,
+        _listen_port,
+        "ifacialmocap: UDP port for start strings (49983); vrchat: VRChat's OSC output, for "
+        "/avatar/change (9001); false or 0 = do not listen; unset = the default if it is free",
+    )
+    reply_port: int = _opt(
+        49983, _reply_port, "ifacialmocap: port a requester's frames go to (0 = the port it asked from)"
+    )
+    request_timeout_s: float = _opt(
+        0.0, _non_negative, "ifacialmocap: stop serving a requester silent this long (0 = never)"
+    )
+    avatar_config: str | None = _opt(None, doc="vrchat: the avatar's OSC config JSON; send what it declares")
+    osc_folder: str | None = _opt(
+        None, doc="vrchat: VRChat's OSC folder (default: this OS's, e.g. %LOCALAPPDATA%Low/VRChat/VRChat/OSC)"
+    )
     mirror: bool = _opt(False, doc="swap every Left/Right value")
+
+    @property
+    def resolved_listen_port(self) -> tuple[int, bool]:
+        """(port to listen on, 0 = none; whether the user chose it) for kinds that listen."""
+        default = DEFAULT_LISTEN_PORTS.get(self.kind, 0)
+        if self.listen_port is None or self.listen_port is True:
+            return default, False
+        if self.listen_port is False:
+            return 0, True
+        return self.listen_port, True
 
     @property
     def resolved_port(self) -> int:
@@ -317,8 +358,9 @@ _KIND_FIELDS = {
     "livelink": {"kind", "host", "port", "subject", "device_id", "mirror"},
     "osc": {"kind", "host", "port", "scheme", "speech", "mirror"},
     "zmq": {"kind", "endpoint", "subject", "device_id", "format", "topic", "mirror"},
-    "vrchat": {"kind", "host", "port", "names", "prefix", "parameters", "rename", "bundle", "mirror"},
-    "ifacialmocap": {"kind", "host", "port", "mirror"},
+    "vrchat": {"kind", "host", "port", "names", "prefix", "parameters", "rename", "bundle", "listen_port",
+               "avatar_config", "osc_folder", "mirror"},
+    "ifacialmocap": {"kind", "host", "port", "listen_port", "reply_port", "request_timeout_s", "mirror"},
     "console": {"kind", "host", "port", "transport", "framing", "channels", "rename", "address", "range",
                 "value_type", "send_on_change", "threshold", "keepalive_s", "bundle", "mirror"},
 }  # fmt: skip

@@ -111,3 +111,70 @@ def decode_osc_bundle(data: bytes) -> list[tuple[str, list[Any]]]:
             out.append(decode_osc_message(element))
         pos += 4 + size
     return out
+
+
+# --- what real receivers do with the bridge's output (receivers.md) ----------------------
+
+
+def vrcft_ifacialmocap_fields(data: bytes) -> dict[str, float]:
+    """VRCFaceTracking's iFacialMocap module: ``Split('|')[1..^1]`` (it drops the first and
+    the last field of every datagram), then ``name-value`` pairs; ``#`` fields are bones."""
+    fields = data.decode("ascii").split("|")[1:-1]
+    out: dict[str, float] = {}
+    for f in fields:
+        if "#" in f:
+            continue
+        name, _, value = f.rpartition("-")
+        out[name] = float(value)
+    return out
+
+
+def ifacialmocap_v2_fields(data: bytes) -> dict[str, float]:
+    """talking-head-anime-3's v2 reader: every ``|`` field with an ``&`` is ``name&value``;
+    everything else (bones, the lead field's ``-`` form) is skipped."""
+    out: dict[str, float] = {}
+    for part in data.decode("utf-8").split("|"):
+        if "&" in part:
+            name, value = part.split("&")
+            out[name] = float(value)
+    return out
+
+
+def decode_vrcft_binary(
+    parameters: list[dict[str, Any]], values: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """What an avatar built for VRCFaceTracking reads, from its OSC config ``parameters``
+    (VRChat's JSON entries) and the last value received on each input address.
+
+    A Float parameter is its value.  Bools named ``<base>1``, ``<base>2``, ``<base>4``, ...
+    are the bits of ``<base>``: ``sum(2**i for each true bool) / 2**n`` with ``n`` bools,
+    negated while ``<base>Negative`` is true (VRCFT docs: each bit is worth ``1 / 2**n``).
+    Returns ``({float name: value}, {binary base name: value})`` for every parameter that
+    received something (one name may be both: templates keep a local float beside the bits)."""
+    bits: dict[str, list[tuple[int, str]]] = {}
+    negative: dict[str, str] = {}
+    out: dict[str, float] = {}
+    decoded: dict[str, float] = {}
+    for p in parameters:
+        io = p.get("input")
+        if io is None:
+            continue
+        name, address, kind = p["name"], io["address"], io["type"]
+        if kind == "Float" and address in values:
+            out[name] = float(values[address])
+        elif kind == "Bool" and name.endswith("Negative"):
+            negative[name[: -len("Negative")]] = address
+        elif kind == "Bool":
+            base = name.rstrip("0123456789")
+            digits = name[len(base) :]
+            if digits and int(digits) & (int(digits) - 1) == 0:
+                bits.setdefault(base, []).append((int(digits), address))
+    for base, pairs in bits.items():
+        if not all(a in values for _, a in pairs):
+            continue
+        total = sum(weight for weight, a in pairs if values[a] is True)
+        value = total / 2 ** len(pairs)
+        if negative.get(base) in values and values[negative[base]] is True:
+            value = -value
+        decoded[base] = value
+    return out, decoded

@@ -162,15 +162,18 @@ IFM_APP_NAMES = [
 ]
 
 
-def parse_ifacialmocap(data: bytes) -> dict[str, Any]:
-    """An iFacialMocap v1 datagram: ``name-int|...|=head#6 floats|rightEye#3|leftEye#3|``."""
+def parse_ifacialmocap(data: bytes, sep: str = "-") -> dict[str, Any]:
+    """An iFacialMocap datagram, ``hapihapi-0|name-int|...|=head#6 floats|rightEye#3|leftEye#3|``
+    (v2: ``&`` for ``-``); the lead field (the app's, no blendshape) must come first."""
     text = data.decode("ascii")
-    shapes_text, sep, bones_text = text.partition("=")
-    assert sep == "=", "no '=' before the bones"
+    lead, _, text_after = text.partition("|")
+    assert lead == f"hapihapi{sep}0", lead
+    shapes_text, eq, bones_text = text_after.partition("=")
+    assert eq == "=", "no '=' before the bones"
     shapes: dict[str, int] = {}
     for item in shapes_text.split("|"):
         if item:
-            name, dash, value = item.rpartition("-")
+            name, dash, value = item.rpartition(sep)
             assert dash and name and name not in shapes, item
             shapes[name] = int(value)
     bones: dict[str, list[float]] = {}
@@ -220,12 +223,12 @@ def test_vrchat_unified_values_by_name() -> None:
     packets = enc.encode_packets(frame)
     assert all(p.startswith(b"#bundle") and len(p) <= 4096 for p in packets) and len(packets) >= 2
     got = dict((addr, args[0]) for addr, args in messages(packets))
-    assert list(got) == [f"/avatar/parameters/v2/{n}" for n in UNIFIED_NAMES]
+    assert list(got) == [f"/avatar/parameters/FT/v2/{n}" for n in UNIFIED_NAMES]
     a = arkit(frame)
     for name, formula in UNIFIED_BY_HAND.items():
-        assert got[f"/avatar/parameters/v2/{name}"] == pytest.approx(formula(a), abs=1e-6), name
+        assert got[f"/avatar/parameters/FT/v2/{name}"] == pytest.approx(formula(a), abs=1e-6), name
     for name in UNIFIED_NAMES:
-        assert got[f"/avatar/parameters/v2/{name}"] == pytest.approx(declared(name, a), abs=1e-6), name
+        assert got[f"/avatar/parameters/FT/v2/{name}"] == pytest.approx(declared(name, a), abs=1e-6), name
 
 
 def test_vrchat_unified_signed_axes_and_mirror() -> None:
@@ -236,14 +239,14 @@ def test_vrchat_unified_signed_axes_and_mirror() -> None:
     enc = VrchatEncoder("unified", parameters=["JawX", "MouthX", "v2/EyeClosedLeft"])
     got = dict(messages(enc.encode_packets(frame)))
     assert got == {
-        "/avatar/parameters/v2/JawX": [-0.5],
-        "/avatar/parameters/v2/MouthX": [0.375],
-        "/avatar/parameters/v2/EyeClosedLeft": [float(frame.values[0])],
+        "/avatar/parameters/FT/v2/JawX": [-0.5],
+        "/avatar/parameters/FT/v2/MouthX": [0.375],
+        "/avatar/parameters/FT/v2/EyeClosedLeft": [float(frame.values[0])],
     }
     flipped = dict(
         messages(VrchatEncoder("unified", parameters=["JawX", "MouthX"], mirror=True).encode_packets(frame))
     )
-    assert flipped == {"/avatar/parameters/v2/JawX": [0.5], "/avatar/parameters/v2/MouthX": [-0.375]}
+    assert flipped == {"/avatar/parameters/FT/v2/JawX": [0.5], "/avatar/parameters/FT/v2/MouthX": [-0.375]}
 
 
 def test_vrchat_subset_order_prefix_rename() -> None:
@@ -529,7 +532,9 @@ def test_vrchat_unified_on_python_osc_server(bundle: bool) -> None:
     rx = OscReceiver()
     frames = [make_frame(k) for k in range(16)]  # in frame 15 jawLeft (61/64) > jawRight (1/64)
     try:
-        out = build_output(OutputConfig(kind="vrchat", names="unified", port=rx.port, bundle=bundle))
+        out = build_output(
+            OutputConfig(kind="vrchat", names="unified", port=rx.port, bundle=bundle, listen_port=False)
+        )
         assert out.name == f"vrchat unified 127.0.0.1:{rx.port}"
         publish_all(out, frames)
     finally:
@@ -538,12 +543,12 @@ def test_vrchat_unified_on_python_osc_server(bundle: bool) -> None:
     assert len(blocks) == len(frames)
     for f, block in zip(frames, blocks, strict=True):
         a = arkit(f)
-        assert [addr for addr, _ in block] == [f"/avatar/parameters/v2/{n}" for n in UNIFIED_NAMES]
+        assert [addr for addr, _ in block] == [f"/avatar/parameters/FT/v2/{n}" for n in UNIFIED_NAMES]
         got = {addr.rsplit("/", 1)[1]: args for addr, args in block}
         assert all(len(args) == 1 and isinstance(args[0], float) for args in got.values())
         for name, formula in UNIFIED_BY_HAND.items():
             assert got[name][0] == pytest.approx(formula(a), abs=1e-6), (f.number, name)
-    jaw_x = [dict(block)["/avatar/parameters/v2/JawX"][0] for block in blocks]
+    jaw_x = [dict(block)["/avatar/parameters/FT/v2/JawX"][0] for block in blocks]
     assert jaw_x[0] == 1 / 64 and jaw_x[15] == -60 / 64  # signed, as a float
 
 
@@ -551,7 +556,9 @@ def test_vrchat_arkit_and_vmc_on_python_osc_servers() -> None:
     vrc, vmc = OscReceiver(), OscReceiver()
     frames = [make_frame(k) for k in range(10)]
     try:
-        publish_all(build_output(OutputConfig(kind="vrchat", port=vrc.port, mirror=True)), frames)
+        publish_all(
+            build_output(OutputConfig(kind="vrchat", port=vrc.port, mirror=True, listen_port=False)), frames
+        )
         publish_all(build_output(OutputConfig(kind="osc", scheme="vmc", port=vmc.port)), frames)
     finally:
         vrc.close()
@@ -737,7 +744,7 @@ def test_ifacialmocap_on_udp_socket() -> None:
     rx.settimeout(2.0)
     frames = [make_frame(k, np.full(9, 0.01 * k, np.float32)) for k in range(10)]
     try:
-        out = build_output(OutputConfig(kind="ifacialmocap", port=rx.getsockname()[1]))
+        out = build_output(OutputConfig(kind="ifacialmocap", port=rx.getsockname()[1], listen_port=False))
         assert out.name == f"ifacialmocap 127.0.0.1:{rx.getsockname()[1]}"
         publish_all(out, frames)
         got = [parse_ifacialmocap(rx.recv(4096)) for _ in frames]
@@ -754,8 +761,8 @@ def test_ifacialmocap_on_udp_socket() -> None:
 
 def test_default_ports() -> None:
     for cfg, port in [
-        (OutputConfig(kind="vrchat"), 9000),
-        (OutputConfig(kind="ifacialmocap"), 49983),
+        (OutputConfig(kind="vrchat", listen_port=False), 9000),
+        (OutputConfig(kind="ifacialmocap", listen_port=False), 49983),
         (OutputConfig(kind="console"), 53000),
         (OutputConfig(kind="osc", scheme="vmc"), 39539),
     ]:
@@ -781,12 +788,14 @@ def test_oracle_end_to_end_through_every_new_output(tmp_path: Path) -> None:
         "input": {"kind": "file", "file": str(wav), "realtime": False},
         "model": {"preset": "oracle", "output_order": "arkit", "providers": ["cpu"], "fallback": ""},
         "output": [
-            {"kind": "vrchat", "names": "unified", "parameters": unified, "port": vrc_u.port},
-            {"kind": "vrchat", "names": "arkit", "bundle": False, "mirror": True, "port": vrc_a.port},
+            {"kind": "vrchat", "names": "unified", "parameters": unified, "port": vrc_u.port,
+             "listen_port": False},
+            {"kind": "vrchat", "names": "arkit", "bundle": False, "mirror": True, "port": vrc_a.port,
+             "listen_port": False},
             {"kind": "console", "channels": ["jawOpen", "mouthSmileLeft", "eyeBlinkRight"],
              "rename": {"jawOpen": "jaw"}, "address": "/cue/{name}/{index}", "range": [0, 100],
              "value_type": "int", "port": console.port},
-            {"kind": "ifacialmocap", "port": ifm.getsockname()[1]},
+            {"kind": "ifacialmocap", "port": ifm.getsockname()[1], "listen_port": False},
             {"kind": "osc", "scheme": "vmc", "port": vmc.port},
         ],
     }  # fmt: skip
@@ -813,10 +822,10 @@ def test_oracle_end_to_end_through_every_new_output(tmp_path: Path) -> None:
 
     for k, block in enumerate(per_frame(vrc_u.messages, len(unified))):
         a = weights(k)
-        assert [addr for addr, _ in block] == [f"/avatar/parameters/v2/{n}" for n in unified]
+        assert [addr for addr, _ in block] == [f"/avatar/parameters/FT/v2/{n}" for n in unified]
         for (_, args), name in zip(block, unified, strict=True):
             assert args[0] == pytest.approx(UNIFIED_BY_HAND[name](a), abs=3e-3), (k, name)
-        assert dict(block)["/avatar/parameters/v2/JawX"][0] == pytest.approx(
+        assert dict(block)["/avatar/parameters/FT/v2/JawX"][0] == pytest.approx(
             1 / 128, abs=1e-4
         )  # jawRight - jawLeft
     assert len(vrc_u.messages) == FRAMES * len(unified)

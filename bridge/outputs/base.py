@@ -9,6 +9,7 @@ frame for every other output.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from collections.abc import Sequence
 from typing import Protocol
@@ -92,6 +93,31 @@ def resolve(host: str, port: int, kind: int, label: str) -> tuple[int, int, tupl
         ) from None
     family, _, proto, _, addr = infos[0]
     return family, proto, addr
+
+
+def bind_udp_listener(host: str, port: int, *, explicit: bool, label: str, key: str,
+                      without: str) -> socket.socket | None:  # fmt: skip
+    """A UDP socket bound to ``host:port`` for an output that also listens (iFacialMocap's
+    start string, VRChat's ``/avatar/change``).  A port the user chose must bind (one-line
+    BridgeError otherwise); a default one that another program holds costs a warning, and
+    the output runs without listening (``without`` says what it then does not do)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = e.strerror or str(e)
+        if explicit:
+            raise BridgeError(
+                f"{label} output: cannot listen on UDP {host}:{port} ({why}); choose a free port in "
+                f"output.{key}, or set output.{key} = false"
+            ) from None
+        logging.getLogger(__name__).warning(
+            "%s output: cannot listen on UDP %s:%d (%s), so it %s; set output.%s to a free port, "
+            "or to false to silence this", label, host, port, why, without, key,
+        )  # fmt: skip
+        return None
+    return sock
 
 
 class UdpTransport:

@@ -3,8 +3,11 @@
 
 One datagram per frame, ASCII::
 
-    eyeBlink_L-37|eyeLookDown_L-0|...|tongueOut-0|=head#P,Y,R,X,Y,Z|rightEye#P,Y,R|leftEye#P,Y,R|
+    hapihapi-0|eyeBlink_L-37|eyeLookDown_L-0|...|tongueOut-0|=head#P,Y,R,X,Y,Z|rightEye#P,Y,R|leftEye#P,Y,R|
 
+* ``hapihapi-0`` first: a field the app itself sends that is no blendshape.  A reader that
+  drops the first field (VRCFaceTracking's iFacialMocap module takes ``Split('|')[1..^1]``)
+  still gets all 52 shapes, and the others skip a name they do not know.
 * 52 fields ``<name>-<int 0..100>`` separated by ``|``: the ARKit weight times 100, rounded
   and clamped.  Names are ARKit's with a trailing ``Left``/``Right`` written ``_L``/``_R``
   (``eyeBlink_L``, ``mouthSmile_R``, ``browOuterUp_L``), except ``jawLeft``,
@@ -14,16 +17,26 @@ One datagram per frame, ASCII::
   audio model has none); ``rightEye#`` and ``leftEye#`` pitch, yaw, roll in degrees.  The
   angles are the Live Link head/eye values times 180 (zero unless a stage sets them).
 
-This is the app's original ("v1") format, sent unsolicited: a receiver that first sends
-the iFacialMocap handshake to port 49983 of the "phone" gets the same stream either way.
+That is the app's original ("v1") format.  ``version = "v2"`` writes ``name&value``
+instead (``hapihapi&0|eyeBlink_L&37|...``): what a receiver gets when its start string
+asks for ``sendDataVersion=v2``; the rest is identical.  Who gets which version is
+:mod:`bridge.outputs.ifacialmocap_phone`'s business.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
 from bridge.blendshapes import ARKIT_NAMES, LIVELINK_NAMES, NUM_BLENDSHAPES, mirror_permutation
 from bridge.frame import FaceFrame
+
+IFacialMocapVersion = Literal["v1", "v2"]
+#: The separator between a name and its value, per version.
+SEPARATORS: dict[str, str] = {"v1": "-", "v2": "&"}
+#: The app's own non-blendshape field, sent first (readers that drop field 0 lose nothing).
+LEAD_FIELD = "hapihapi"
 
 #: Names iFacialMocap keeps whole although they end in Left/Right.
 _DIRECTIONS = frozenset({"jawLeft", "jawRight", "mouthLeft", "mouthRight"})
@@ -50,17 +63,22 @@ _LEFT_EYE = (4, 3, 5)  # LeftEyePitch, LeftEyeYaw, LeftEyeRoll
 
 
 class IFacialMocapEncoder:
-    """FaceFrame -> one iFacialMocap text datagram (ASCII bytes).
+    """FaceFrame -> one iFacialMocap text datagram (ASCII bytes), ``v1`` or ``v2``.
 
     Built from a %-template whose names and separators are constant.  ``mirror`` swaps
     every Left/Right value, eye rotations included.
     """
 
-    def __init__(self, mirror: bool = False) -> None:
+    def __init__(self, mirror: bool = False, version: IFacialMocapVersion = "v1") -> None:
+        if version not in SEPARATORS:
+            raise ValueError(f"iFacialMocap version {version!r}; allowed: v1, v2")
         self.mirror = mirror
-        shapes = "|".join(f"{n}-%d" for n in IFACIALMOCAP_NAMES)
+        self.version = version
+        sep = SEPARATORS[version]
+        shapes = "|".join(f"{n}{sep}%d" for n in IFACIALMOCAP_NAMES)
         angles = ",".join(["%.4f"] * 3)
-        self._template = f"{shapes}|=head#{angles},0.0000,0.0000,0.0000|rightEye#{angles}|leftEye#{angles}|"
+        bones = f"=head#{angles},0.0000,0.0000,0.0000|rightEye#{angles}|leftEye#{angles}|"
+        self._template = f"{LEAD_FIELD}{sep}0|{shapes}|{bones}"
         perm = mirror_permutation(LIVELINK_NAMES) if mirror else np.arange(len(LIVELINK_NAMES))
         self._shape_src = perm[:NUM_BLENDSHAPES]
         head_perm = perm[NUM_BLENDSHAPES:] - NUM_BLENDSHAPES

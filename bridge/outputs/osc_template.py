@@ -35,6 +35,8 @@ _SIZE = struct.Struct(">i")
 _RESERVED = set(" #*,?[]{}")
 
 ArgType = Literal["f", "i"]
+#: The type tag byte of a bool message: ``T`` (true) or ``F`` (false); bools carry no data.
+_TRUE, _FALSE = ord("T"), ord("F")
 
 
 def check_address(address: str, what: str, fix: str) -> None:
@@ -48,9 +50,11 @@ def check_address(address: str, what: str, fix: str) -> None:
 
 
 class OscTemplate:
-    """``len(addresses)`` OSC messages, each with one numeric argument (``f`` or ``i``).
+    """``len(addresses)`` OSC messages, each with one numeric argument (``f`` or ``i``), or
+    one bool (type tag ``T``/``F``) where ``bools`` marks it.
 
-    ``set(values)`` writes the numbers; ``full`` are the packets that carry every message
+    ``set(values)`` writes the numbers and ``set_bools(flags)`` the bools (each in address
+    order among their own kind); ``full`` are the packets that carry every message
     (bundles of at most ``max_bundle`` bytes, or each message alone); ``pack(indices)`` the
     packets for a subset (new bytes for bundles, zero-copy views for single messages).
     Views stay valid for the template's lifetime; their content changes with ``set``.
@@ -63,16 +67,25 @@ class OscTemplate:
         arg_type: ArgType = "f",
         bundle: bool = False,
         max_bundle: int = MAX_BUNDLE_BYTES,
+        bools: Sequence[bool] | None = None,
     ) -> None:
         if arg_type not in ("f", "i"):
             raise ValueError(f"arg_type {arg_type!r}")
         self.addresses = tuple(addresses)
+        is_bool = [bool(b) for b in bools] if bools is not None else [False] * len(self.addresses)
+        if len(is_bool) != len(self.addresses):
+            raise ValueError("bools must mark every address")
         self.bundle = bundle
         self.max_bundle = max_bundle
         kind = OscMessageBuilder.ARG_TYPE_FLOAT if arg_type == "f" else OscMessageBuilder.ARG_TYPE_INT
         unpack = struct.Struct(">f" if arg_type == "f" else ">i").unpack_from
         dgrams: list[bytes] = []
+        tag_in_msg: dict[int, int] = {}
         for i, address in enumerate(self.addresses):
+            if is_bool[i]:
+                dgrams.append(self._bool_message(address))
+                tag_in_msg[i] = dgrams[-1].rindex(b",F") + 1
+                continue
             m = OscMessageBuilder(address)
             m.add_arg(float(i) if arg_type == "f" else i, kind)
             dgram = m.build().dgram
@@ -104,12 +117,31 @@ class OscTemplate:
         self._elem = [view[msg_at[i] - 4 : msg_at[i] + len(d)] for i, d in enumerate(dgrams)]
         #: Packets that carry every message, in address order.
         self.full: list[memoryview] = [view[a:b] for a, b in full]
-        value_at = np.array([msg_at[i] + len(d) - 4 for i, d in enumerate(dgrams)], dtype=np.intp)
+        numeric = [i for i in range(len(dgrams)) if not is_bool[i]]
+        value_at = np.array([msg_at[i] + len(dgrams[i]) - 4 for i in numeric], dtype=np.intp)
         self._bytes_at = value_at[:, None] + np.arange(4, dtype=np.intp)
         self._u8 = np.frombuffer(buf, dtype=np.uint8)
-        self._scratch = np.zeros(len(dgrams), dtype=">f4" if arg_type == "f" else ">i4")
-        self._scratch_u8 = self._scratch.view(np.uint8).reshape(len(dgrams), 4)
+        self._scratch = np.zeros(len(numeric), dtype=">f4" if arg_type == "f" else ">i4")
+        self._scratch_u8 = self._scratch.view(np.uint8).reshape(len(numeric), 4)
         self._u8[self._bytes_at] = self._scratch_u8  # every number starts at 0
+        self._tag_at = np.array([msg_at[i] + t for i, t in tag_in_msg.items()], dtype=np.intp)
+        self._tags = np.full(len(tag_in_msg), _FALSE, dtype=np.uint8)  # every bool starts false
+        #: How many numeric and how many bool messages the template holds.
+        self.numeric_count, self.bool_count = len(numeric), len(tag_in_msg)
+
+    @staticmethod
+    def _bool_message(address: str) -> bytes:
+        """A bool message (false); true differs only in its type tag byte, which is checked."""
+        built = {}
+        tags = ((False, OscMessageBuilder.ARG_TYPE_FALSE), (True, OscMessageBuilder.ARG_TYPE_TRUE))
+        for value, tag in tags:
+            m = OscMessageBuilder(address)
+            m.add_arg(value, tag)
+            built[value] = m.build().dgram
+        diff = [k for k, (a, b) in enumerate(zip(built[False], built[True], strict=True)) if a != b]
+        if diff != [built[False].rindex(b",F") + 1]:
+            raise RuntimeError(f"OSC template: bool message {address} differs beyond its type tag")
+        return built[False]
 
     def _groups(self, indices: Sequence[int] | range) -> list[list[int]]:
         """Greedy packing into bundles of at most ``max_bundle`` bytes (a lone oversized
@@ -142,9 +174,15 @@ class OscTemplate:
         return sum(len(p) for p in self.full)
 
     def set(self, values: np.ndarray) -> None:
-        """Write one number per message (cast to float32 / int32, big-endian)."""
+        """Write one number per numeric message (cast to float32 / int32, big-endian)."""
         self._scratch[:] = values
         self._u8[self._bytes_at] = self._scratch_u8
+
+    def set_bools(self, flags: np.ndarray) -> None:
+        """Write one bool per bool message: its type tag becomes ``T`` or ``F``."""
+        np.multiply(flags, _TRUE - _FALSE, out=self._tags, casting="unsafe")
+        self._tags += _FALSE
+        self._u8[self._tag_at] = self._tags
 
     def message(self, i: int) -> memoryview:
         """Message ``i`` alone (a view)."""
