@@ -20,7 +20,7 @@ from pythonosc import slip
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_tcp_server import ThreadingOSCTCPServer
 
-from bridge.blendshapes import ARKIT_NAMES, EPIC_NAMES
+from bridge.blendshapes import ARKIT_NAMES, EPIC_NAMES, HEAD_EYE_NAMES
 from bridge.config import OutputConfig, parse_config
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
@@ -56,6 +56,22 @@ def arkit(frame: FaceFrame) -> dict[str, float]:
     return {n: float(frame.values[i]) for i, n in enumerate(ARKIT_NAMES)}
 
 
+def with_head(frame: FaceFrame) -> dict[str, float]:
+    """The frame's weights by ARKit name and its 9 head/eye values by Live Link name."""
+    return arkit(frame) | {n: float(frame.head[i]) for i, n in enumerate(HEAD_EYE_NAMES)}
+
+
+def eye_open(a: dict[str, float], side: str) -> float:
+    """VRCFT's Live Link eye openness: 1 - clamp(blink * (1 + squint), 0, 1)."""
+    blink = a[f"eyeBlink{side}"]
+    return 1 - max(0.0, min(1.0, blink + blink * a[f"eyeSquint{side}"]))
+
+
+def suck_upper(a: dict[str, float], side: str) -> float:
+    """VRCFT's Live Link upper lip suck: mouthRollUpper capped by 1 - mouthUpperUp^(1/6)."""
+    return min(a["mouthRollUpper"], 1 - a[f"mouthUpperUp{side}"] ** (1 / 6))
+
+
 def mirrored(a: dict[str, float]) -> dict[str, float]:
     """Left and Right swapped, by name."""
 
@@ -65,28 +81,27 @@ def mirrored(a: dict[str, float]) -> dict[str, float]:
     return {n: a[other(n)] for n in a}
 
 
-#: VRCFT Unified Expressions v2 from ARKit, written out by hand from protocols.md and VRCFT's
-#: formulas (UnifiedExpressionsParameters.cs / UnifiedSimpleExpressions.cs).
+#: VRCFT Unified Expressions v2 from ARKit, written out by hand from protocols.md, receivers.md
+#: and VRCFT's formulas (UnifiedExpressionsParameters.cs / UnifiedSimpleExpressions.cs and its
+#: Live Link module); gaze needs the head values (with_head).
 UNIFIED_BY_HAND = {
     "JawOpen": lambda a: a["jawOpen"],
     "JawX": lambda a: a["jawRight"] - a["jawLeft"],
     "MouthX": lambda a: a["mouthRight"] - a["mouthLeft"],
-    "EyeClosedLeft": lambda a: a["eyeBlinkLeft"],
-    "EyeClosedRight": lambda a: a["eyeBlinkRight"],
+    "EyeClosedLeft": lambda a: 1 - eye_open(a, "Left"),
+    "EyeClosedRight": lambda a: 1 - eye_open(a, "Right"),
     "LipFunnel": lambda a: a["mouthFunnel"],
     "LipPucker": lambda a: a["mouthPucker"],
-    "LipSuckUpper": lambda a: a["mouthRollUpper"],
+    "LipSuckUpper": lambda a: (suck_upper(a, "Left") + suck_upper(a, "Right")) / 2,
     "MouthCornerPullLeft": lambda a: a["mouthSmileLeft"],
     "MouthRaiserUpper": lambda a: a["mouthShrugUpper"],
     "MouthClosed": lambda a: a["mouthClose"],
     "CheekPuffLeft": lambda a: a["cheekPuff"],
     "TongueOut": lambda a: a["tongueOut"],
-    "EyeLidLeft": lambda a: 0.75 * (1 - a["eyeBlinkLeft"]) + 0.25 * a["eyeWideLeft"],
-    "EyeOpenRight": lambda a: 1 - a["eyeBlinkRight"],
-    "EyeLeftX": lambda a: a["eyeLookInLeft"] - a["eyeLookOutLeft"],
-    "EyeY": lambda a: (
-        (a["eyeLookUpLeft"] + a["eyeLookUpRight"] - a["eyeLookDownLeft"] - a["eyeLookDownRight"]) / 2
-    ),
+    "EyeLidLeft": lambda a: 0.75 * eye_open(a, "Left") + 0.25 * a["eyeWideLeft"],
+    "EyeOpenRight": lambda a: eye_open(a, "Right"),
+    "EyeLeftX": lambda a: a["LeftEyeYaw"],
+    "EyeY": lambda a: -(a["LeftEyePitch"] + a["RightEyePitch"]) / 2,
     "SmileFrownRight": lambda a: a["mouthSmileRight"] - a["mouthFrownRight"],
     "SmileSadLeft": lambda a: a["mouthSmileLeft"] - max(a["mouthFrownLeft"], a["mouthStretchLeft"]),
     "BrowUpLeft": lambda a: 0.6 * a["browOuterUpLeft"] + 0.4 * a["browInnerUp"],
@@ -100,9 +115,13 @@ UNIFIED_BY_HAND = {
 
 
 def declared(name: str, a: dict[str, float]) -> float:
-    """A v2 parameter from its declared terms, in plain Python (not the encoder's matrix)."""
+    """A v2 parameter from its declared sources, in plain Python (not the encoder's matrix)."""
     p = next(p for p in UNIFIED_PARAMS if p.name == name)
-    return p.bias + sum(w * a[n] for n, w in p.terms) + sum(c * max(a[x], a[y]) for c, x, y in p.maxes)
+    src = dict(a)
+    for s in ("Left", "Right"):
+        src[f"open{s}"], src[f"suckUpper{s}"] = eye_open(a, s), suck_upper(a, s)
+        src[f"gaze{s}X"], src[f"gaze{s}Y"] = a[f"{s}EyeYaw"], -a[f"{s}EyePitch"]
+    return p.offset + sum(w * src[n] for n, w in p.sources) + sum(c * max(a[x], a[y]) for c, x, y in p.maxes)
 
 
 #: The 52 names as the iFacialMocap app writes them (copied from a captured datagram).
@@ -218,13 +237,14 @@ def test_vrchat_arkit_names_every_parameter(bundle: bool) -> None:
 
 
 def test_vrchat_unified_values_by_name() -> None:
-    frame = make_frame(11)
+    frame = make_frame(11, head=[0.01, 0.02, 0.03, 0.0625, -0.03125, 0.0, 0.046875, 0.015625, 0.0])
     enc = VrchatEncoder("unified")
     packets = enc.encode_packets(frame)
     assert all(p.startswith(b"#bundle") and len(p) <= 4096 for p in packets) and len(packets) >= 2
     got = dict((addr, args[0]) for addr, args in messages(packets))
     assert list(got) == [f"/avatar/parameters/FT/v2/{n}" for n in UNIFIED_NAMES]
-    a = arkit(frame)
+    a = with_head(frame)
+    assert got["/avatar/parameters/FT/v2/EyeLeftX"] == 0.0625  # gaze from the eye angles, as VRCFT
     for name, formula in UNIFIED_BY_HAND.items():
         assert got[f"/avatar/parameters/FT/v2/{name}"] == pytest.approx(formula(a), abs=1e-6), name
     for name in UNIFIED_NAMES:
@@ -241,7 +261,7 @@ def test_vrchat_unified_signed_axes_and_mirror() -> None:
     assert got == {
         "/avatar/parameters/FT/v2/JawX": [-0.5],
         "/avatar/parameters/FT/v2/MouthX": [0.375],
-        "/avatar/parameters/FT/v2/EyeClosedLeft": [float(frame.values[0])],
+        "/avatar/parameters/FT/v2/EyeClosedLeft": [pytest.approx(1 - eye_open(arkit(frame), "Left"))],
     }
     flipped = dict(
         messages(VrchatEncoder("unified", parameters=["JawX", "MouthX"], mirror=True).encode_packets(frame))
@@ -542,7 +562,7 @@ def test_vrchat_unified_on_python_osc_server(bundle: bool) -> None:
     blocks = per_frame(rx.messages, len(UNIFIED_NAMES))
     assert len(blocks) == len(frames)
     for f, block in zip(frames, blocks, strict=True):
-        a = arkit(f)
+        a = with_head(f)
         assert [addr for addr, _ in block] == [f"/avatar/parameters/FT/v2/{n}" for n in UNIFIED_NAMES]
         got = {addr.rsplit("/", 1)[1]: args for addr, args in block}
         assert all(len(args) == 1 and isinstance(args[0], float) for args in got.values())

@@ -34,7 +34,7 @@ from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
 from bridge.outputs.base import Buffer, Output, Transport
 from bridge.outputs.osc_template import OscTemplate, check_address
-from bridge.outputs.unified import UNIFIED_NAMES, UNIFIED_PREFIX, unified_matrix, unified_name
+from bridge.outputs.unified import UNIFIED_NAMES, UNIFIED_PREFIX, UnifiedMap, unified_name
 from bridge.outputs.vrchat_avatar import AvatarConfig, Binding, bind_avatar
 
 if TYPE_CHECKING:
@@ -63,32 +63,25 @@ def resolve_parameter(names: str, name: str) -> str:
 
 
 class _Derived:
-    """The values of some parameters of one scheme, from a frame's 52 ARKit weights."""
+    """The values of some parameters of one scheme, from a frame's 52 ARKit weights.
+
+    Unified parameters follow VRCFaceTracking's own Live Link formulas (:class:`UnifiedMap`),
+    so an avatar looks the same fed by the bridge or by VRCFT reading our Live Link packets.
+    """
 
     def __init__(self, names: str, parameters: Sequence[str], mirror: bool) -> None:
-        self.unified = names == "unified"
-        if self.unified:
-            self._m, self._bias, maxes = unified_matrix(tuple(parameters))
-            self._max_rows = np.array([r for r, _, _, _ in maxes], dtype=np.intp)
-            self._max_coef = np.array([c for _, c, _, _ in maxes], dtype=np.float32)
-            self._max_a = np.array([a for _, _, a, _ in maxes], dtype=np.intp)
-            self._max_b = np.array([b for _, _, _, b in maxes], dtype=np.intp)
-        else:
+        self._unified = UnifiedMap(tuple(parameters), mirror=mirror) if names == "unified" else None
+        if self._unified is None:
             self._pick = np.array([canonical_index(n) for n in parameters], dtype=np.intp)
         self._perm = mirror_permutation(ARKIT_NAMES) if mirror else None
         self._out = np.zeros(len(parameters), dtype=np.float32)
 
     def __call__(self, frame: FaceFrame) -> np.ndarray:
         """The values, in ``parameters`` order (a reused array)."""
+        if self._unified is not None:
+            return self._unified(frame.values, frame.head)  # mirrors by itself
         src = frame.values if self._perm is None else frame.values[self._perm]
-        if not self.unified:
-            np.take(src, self._pick, out=self._out)
-            return self._out
-        np.matmul(self._m, src, out=self._out)
-        self._out += self._bias
-        if self._max_rows.size:
-            peaks = np.maximum(src[self._max_a], src[self._max_b])
-            np.add.at(self._out, self._max_rows, self._max_coef * peaks)
+        np.take(src, self._pick, out=self._out)
         return self._out
 
 
