@@ -294,6 +294,8 @@ def soak(seconds: float, model: str, progress_every: float, say: Any = print) ->
             start: tuple[float, float, float] | None = None  #: (time, cpu s, rss MB) at the first frame
             last: tuple[float, float, float] | None = None
             rss_max = 0.0
+            warm_after = min(60.0, 0.1 * seconds)  #: allocator and caches settle: growth counts after this
+            rss_warm: float | None = None
             next_note = t_start + progress_every
             timed_out = False
             while proc.poll() is None:
@@ -306,6 +308,8 @@ def soak(seconds: float, model: str, progress_every: float, say: Any = print) ->
                     start = (now, cpu, rss)
                 if start is not None:
                     last = (now, cpu, rss)
+                    if rss_warm is None and now - start[0] >= warm_after:
+                        rss_warm = rss
                 if now >= next_note:
                     next_note += progress_every
                     counts = ", ".join(f"{t.name} {len(t.frames)}" for t in receivers)
@@ -337,6 +341,8 @@ def soak(seconds: float, model: str, progress_every: float, say: Any = print) ->
         "receivers": {t.name: t.report(published) for t in receivers},
         "rss_mb": {
             "start": round(start[2], 1) if start else None,
+            "after_warmup": round(rss_warm, 1) if rss_warm is not None else None,
+            "warmup_s": round(warm_after, 1),
             "end": round(last[2], 1) if last else None,
             "max": round(rss_max, 1),
         },
@@ -375,8 +381,9 @@ def format_report(doc: dict[str, Any]) -> str:
         )
     rss = doc["rss_mb"]
     lines.append(
-        f"bridge process: RSS {rss['start']} MB at its first frame, {rss['end']} MB at the end "
-        f"(max {rss['max']} MB); CPU {doc['cpu_percent']} % of one core"
+        f"bridge process: RSS {rss['start']} MB at its first frame, {rss['after_warmup']} MB "
+        f"{rss['warmup_s']:g} s later, {rss['end']} MB at the end (max {rss['max']} MB); "
+        f"CPU {doc['cpu_percent']} % of one core"
     )
     lines += [f"  | {ln}" for ln in doc.get("bridge_log_tail", [])]
     lines.append("soak: PASS" if doc["ok"] else "soak: FAIL")
