@@ -431,10 +431,10 @@ def create_session(
             return SessionStart(
                 session, seconds, hash_seconds, peak.delta, "hit", entry, peak_anon_delta=peak.anon_delta
             )
-        except Exception as e:  # a damaged or incompatible entry
+        except Exception as e:  # intact bytes ONNX Runtime will not load (checked above)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             _remove(entry)
-            if failed.exists():  # the rebuilt entry failed too: stop caching this model here
+            if failed.exists():  # failed before, and no rebuilt entry has proved itself since
                 _mark(off, f"optimised graph does not load: {first}")
                 log.warning("optimised-graph cache off for %s: its entries do not load (%s)", path, first)
                 return plain("disabled", hash_seconds)
