@@ -43,6 +43,8 @@ class Hub:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     cut: dict[str, tuple[int, int]] = field(default_factory=dict)  #: file -> (bytes to send, times)
     lies: dict[str, bytes] = field(default_factory=dict)  #: file -> bytes served instead
+    #: file *name* -> bytes served at any path ending in it (even after URL normalisation)
+    anywhere: dict[str, bytes] = field(default_factory=dict)
     url: str = ""
 
     def gets(self, file: str) -> list[str | None]:
@@ -57,8 +59,16 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
         def _lookup(self) -> tuple[str, str, bytes] | None:
             parts = self.path.split("?")[0].lstrip("/").split("/")
             if len(parts) < 5 or parts[2] != "resolve":
+                if parts and parts[-1] in hub.anywhere:
+                    data = hub.anywhere[parts[-1]]
+                    hub.etags.setdefault((REPO, parts[-1]), hashlib.sha256(data).hexdigest())
+                    return REPO, parts[-1], data
                 return None
             repo, file = "/".join(parts[:2]), "/".join(parts[4:])
+            name = parts[-1]
+            if name in hub.anywhere:  # a hostile mirror answers whatever path the client normalised to
+                hub.etags.setdefault((repo, file), hashlib.sha256(hub.anywhere[name]).hexdigest())
+                return repo, file, hub.anywhere[name]
             if repo not in hub.files:
                 self._error(404, "RepoNotFound", "Repository not found")
                 return ("", "", b"")
@@ -150,9 +160,8 @@ def hub(model_files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.Monke
     """A loopback hub, HF_ENDPOINT pointing at it, fresh bridge and huggingface_hub caches."""
     state = Hub(files={REPO: dict(model_files)})
     for file, data in model_files.items():
-        # LFS files' ETag is their sha256 (what the bridge checks); small files get a git-style hash.
-        tag = hashlib.sha256(data).hexdigest() if file == DATA else hashlib.sha1(data).hexdigest()
-        state.etags[(REPO, file)] = tag
+        # As the hub does: LFS files' ETag is their sha256, small (git) files' their git blob sha1.
+        state.etags[(REPO, file)] = hashlib.sha256(data).hexdigest() if file == DATA else _git_sha1(data)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -172,6 +181,10 @@ def hub(model_files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.Monke
         server.server_close()
 
 
+def _git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def _one_line(e: pytest.ExceptionInfo[BridgeError]) -> str:
     text = str(e.value)
     assert "\n" not in text
@@ -189,6 +202,7 @@ def test_fetch_downloads_into_the_cache(hub: Hub, model_files: dict[str, bytes])
     assert manifest[DATA]["sha256"] == hashlib.sha256(model_files[DATA]).hexdigest()
     assert manifest[DATA]["commit"] == COMMIT
     assert manifest[GRAPH]["external"] == [DATA]
+    assert manifest[GRAPH]["verified"] == "etag-git-sha1" and manifest[DATA]["verified"] == "etag-sha256"
     assert not list((root / PARTIAL).glob("*")), "no partial files left behind"
     # The HEAD/GET went to HF_ENDPOINT in the hub's layout.
     assert any(p == f"/{REPO}/resolve/main/{DATA}" for m, p, _ in hub.requests if m == "HEAD")
@@ -385,3 +399,102 @@ def test_int8_preset_logs_a_warning(hub: Hub, caplog: pytest.LogCaptureFixture) 
         path = locate_model(get_preset("lam-int8"), fetch_missing=True)
     assert path.name == "model.onnx" and (path.parent / "model_fp16.onnx.data").is_file()
     assert any("int8 degrades this model" in r.getMessage() for r in caplog.records)
+
+
+# -- hostile mirrors -------------------------------------------------------------------------------
+
+
+def _graph_with_location(graph: bytes, location: str) -> bytes:
+    """The served graph, its external-data ``location`` rewritten (what a hostile mirror serves)."""
+    import onnx
+
+    model = onnx.load_from_string(graph)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute"])
+def test_graph_pointing_outside_its_folder_is_refused_before_any_download(
+    hub: Hub, model_files: dict[str, bytes], tmp_path: Path, where: str
+) -> None:
+    outside = tmp_path / "abs" / "escaped.data"
+    location = "../../../../escaped.data" if where == "dotdot" else str(outside)
+    hostile = _graph_with_location(model_files[GRAPH], location)
+    hub.files[REPO][GRAPH] = hostile
+    hub.etags[(REPO, GRAPH)] = hashlib.sha256(hostile).hexdigest()  # a consistent, checkable mirror
+    hub.anywhere["escaped.data"] = model_files[DATA]  # and it serves the weights wherever asked
+    result = CliRunner().invoke(main, ["models", "fetch", "lam", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "ready" not in result.output
+    err = result.output.strip().splitlines()[-1]
+    assert err.startswith("a2e-bridge: error:") and GRAPH in err and repr(location) in err
+    assert "outside the model's folder" in err
+    # Only the graph was asked for; nothing landed, nothing was left half-written, nothing escaped.
+    files = {p.rsplit("/", 1)[-1] for _, p, _ in hub.requests if not p.startswith("/api/")}
+    assert files == {GRAPH}, hub.requests  # (huggingface_hub itself may ask /api/ for its registry)
+    root = repo_dir(REPO)
+    assert not (root / GRAPH).exists() and not list((root / PARTIAL).glob("*"))
+    assert not [p for p in tmp_path.rglob("escaped.data*")], "a file was written outside the cache"
+    assert not outside.parent.exists()
+
+
+def test_manifest_naming_data_outside_the_folder_is_refused(hub: Hub) -> None:
+    """A manifest written by an older bridge from a hostile mirror: refused at load, not followed."""
+    preset = get_preset("lam")
+    fetch_preset(preset, progress=False)
+    path = repo_dir(REPO) / MANIFEST
+    doc = json.loads(path.read_text())
+    doc["files"][GRAPH]["external"] = ["../../../etc/escaped.data"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(BridgeError) as e:
+        locate_model(preset)
+    assert "'../../../etc/escaped.data'" in _one_line(e) and "outside the model's folder" in str(e.value)
+
+
+def _weak_etags(hub: Hub) -> None:
+    """A mirror whose ETags are its own (nginx style): they say nothing about the bytes."""
+    for i, file in enumerate((GRAPH, DATA)):
+        hub.etags[(REPO, file)] = f"65f1c3a2-{i:x}d8"
+
+
+def test_files_no_etag_can_prove_are_said_in_one_line_each(hub: Hub) -> None:
+    _weak_etags(hub)
+    result = CliRunner().invoke(main, ["models", "fetch", "lam", "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if "NOT verified" in ln]
+    assert len(lines) == 2 and lines[0].strip().startswith(GRAPH) and lines[1].strip().startswith(DATA)
+    assert all("65f1c3a2" in ln and "pins no sha256" in ln for ln in lines)
+    manifest = json.loads((repo_dir(REPO) / MANIFEST).read_text())["files"]
+    assert {manifest[f]["verified"] for f in (GRAPH, DATA)} == {"none"}
+
+
+def test_pinned_sha256_decides_when_the_etag_cannot(
+    hub: Hub, model_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from bridge.model.presets import PRESETS
+
+    _weak_etags(hub)
+    pins = tuple((f, hashlib.sha256(model_files[f]).hexdigest()) for f in (GRAPH, DATA))
+    monkeypatch.setitem(PRESETS, "lam", dataclasses.replace(get_preset("lam"), sha256=pins))
+    # The mirror serves other weights under a weak ETag: refused, and nothing lands.
+    wrong = bytearray(model_files[DATA])
+    wrong[len(wrong) // 3] ^= 0x40
+    hub.lies[DATA] = bytes(wrong)
+    result = CliRunner().invoke(main, ["models", "fetch", "lam", "--quiet"])
+    assert result.exit_code == 2, result.output
+    err = result.output.strip().splitlines()[-1]
+    assert "is not the file preset 'lam' expects" in err and DATA in err and pins[1][1][:12] in err
+    root = repo_dir(REPO)
+    assert not (root / DATA).exists() and not (root / GRAPH).exists()
+    assert not list((root / PARTIAL).glob(DATA + "*"))
+    # The right bytes: verified against the pins, nothing said about ETags.
+    hub.lies.clear()
+    result = CliRunner().invoke(main, ["models", "fetch", "lam", "--quiet"])
+    assert result.exit_code == 0 and "NOT verified" not in result.output, result.output
+    manifest = json.loads((root / MANIFEST).read_text())["files"]
+    assert {manifest[f]["verified"] for f in (GRAPH, DATA)} == {"preset-sha256"}

@@ -8,8 +8,12 @@ paths, e.g. ``fp32/model.onnx``), plus per repository
 * ``.partial/`` -- downloads in progress, one file per (file, ETag).  A cut
   connection leaves the bytes there and the next fetch resumes with an HTTP
   ``Range`` request.  A file reaches its final path only complete, checked
-  (size, and sha256 against the hub's ETag when the ETag is one) and renamed
-  into place -- never half-written.  A graph lands after its weights.
+  (size; sha256 against the preset's pin when it has one, else against the
+  hub's ETag: the sha256 for LFS files, the git blob sha1 for small ones; a
+  file none of these can check is said in one line) and renamed into place --
+  never half-written.  A graph lands after its weights, and a graph whose
+  external data would live outside the model's folder is refused before
+  any data file is asked for.
 * ``.lock`` -- one fetch per repository at a time (``filelock``).
 
 Why not ``hf_hub_download``: the hub's own cache stores blobs by ETag behind
@@ -23,6 +27,8 @@ first looks in the hub's cache (``HF_HUB_CACHE``): a file already fetched with
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "a2e-manifest.json"
 PARTIAL = ".partial"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 # -- environment -----------------------------------------------------------------------------------
@@ -199,18 +206,37 @@ def preset_files(preset: Preset, manifest: Manifest | None = None) -> list[str]:
     what the card implies); until then the preset's own list is used.
     """
     graph = preset.graph_file
-    folder = PurePosixPath(graph).parent
     m = manifest or Manifest(str(preset.repo))
     entry = m.get(graph)
     if entry is not None and "external" in entry:
-        data = [str(folder / loc) for loc in entry["external"]]
-        return [graph, *data]
+        return [graph, *_data_files(preset, list(entry["external"]), str(m.path))]
     local = repo_dir(str(preset.repo)) / graph
     if local.is_file():
         locs = _external_locations(local)
         if locs is not None:
-            return [graph, *(str(folder / loc) for loc in locs)]
+            return [graph, *_data_files(preset, locs, str(local))]
     return list(preset.files) or [graph]
+
+
+def _data_files(preset: Preset, locations: list[str], source: str) -> list[str]:
+    """Repo-relative names of the graph's external-data files, each checked to stay in its folder.
+
+    A hub mirror decides what a graph says; a location that is absolute or
+    climbs out with ``..`` would make the fetch write (and the runner read)
+    anywhere.  Refused here, before any data file is requested.
+    """
+    from bridge.model.inspect import location_escapes
+
+    graph = preset.graph_file
+    for loc in locations:
+        if location_escapes(str(loc)):
+            raise BridgeError(
+                f"model graph {preset.repo}/{graph} (from {source}) refers to external data at {loc!r}, "
+                "outside the model's folder: refused, no data file downloaded or written (a broken or "
+                "hostile mirror? check HF_ENDPOINT)"
+            )
+    folder = PurePosixPath(graph).parent
+    return [str(folder / loc) for loc in locations]
 
 
 def _partial_size(preset: Preset, file: str) -> int:
@@ -232,6 +258,12 @@ def check_file(preset: Preset, file: str, manifest: Manifest, *, full: bool = Tr
         return FileState(file, path, "unrecorded", size, "no checksum on record (placed by hand?)")
     if size != entry.get("size"):
         return FileState(file, path, "corrupt", size, f"{size} bytes, but {entry.get('size')} were fetched")
+    pin = preset.pinned_sha256(file)
+    if pin is not None and entry.get("sha256") != pin:
+        return FileState(
+            file, path, "corrupt", size,
+            f"sha256 {str(entry.get('sha256'))[:12]}... on record, but the preset pins {pin[:12]}...",
+        )  # fmt: skip
     if not full:
         return FileState(file, path, "recorded", size)
     digest = file_sha256(path)
@@ -294,7 +326,16 @@ def ensure_local(preset: Preset, *, fetch_missing: bool = False, progress: bool 
                 f"{preset.name}` to download it again"
             )
         if st.state == "unrecorded":
-            manifest.record(f, sha256=file_sha256(st.path), size=st.size, source="local")
+            digest = file_sha256(st.path)
+            pin = preset.pinned_sha256(f)
+            if pin is not None and digest != pin:
+                raise BridgeError(
+                    f"model file {st.path} is not the file preset {preset.name!r} expects (sha256 "
+                    f"{digest[:12]}... but {pin[:12]}... is pinned); remove it and run `a2e-bridge models "
+                    f"fetch {preset.name}`"
+                )
+            verified = "preset-sha256" if pin is not None else "none"
+            manifest.record(f, sha256=digest, size=st.size, source="local", verified=verified)
             log.info("model file %s was placed by hand: its sha256 is now on record", st.path)
     return repo_dir(preset.repo) / preset.graph_file
 
@@ -309,6 +350,8 @@ class Fetched:
     action: str  #: "cached", "downloaded", "resumed", "hf-cache", "adopted", "local"
     size: int
     sha256: str
+    #: what proved the bytes: "preset-sha256", "etag-sha256", "etag-git-sha1", or "none"
+    verified: str = "none"
 
 
 @dataclass(slots=True)
@@ -457,17 +500,56 @@ def _download(
     return part, resumed
 
 
-def _check_against_etag(path: Path, etag: str, what: str, *, cleanup: bool = True) -> str:
-    """sha256 of ``path``; for hub LFS files the ETag *is* the sha256, so compare."""
+def _git_blob_sha1(path: Path) -> str:
+    """The git object id of a file's bytes: what the hub sends as the ETag of a non-LFS file."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _etag_proves(etag: str, path: Path, digest: str) -> str | None:
+    """How ``etag`` proves ``path``'s bytes ("etag-sha256" / "etag-git-sha1"), or None."""
+    if _SHA256_RE.match(etag):
+        return "etag-sha256" if digest == etag else None
+    if _SHA1_RE.match(etag) and _git_blob_sha1(path) == etag:
+        return "etag-git-sha1"
+    return None
+
+
+def _verify(preset: Preset, file: str, path: Path, etag: str, what: str) -> tuple[str, str]:
+    """(sha256, what proved it) for a fetched ``path``; a file shown to be wrong is deleted.
+
+    The preset's pinned sha256, when it has one, decides.  Otherwise the ETag
+    does: hub LFS files' ETag *is* their sha256 (a mismatch is refused); small
+    files' is their git blob sha1.  Any other ETag (a mirror's own, say) proves
+    nothing: the file is kept ("none"), and the caller says so in one line.
+    """
     digest = file_sha256(path)
-    if _SHA256_RE.match(etag) and digest != etag:
-        if cleanup:
+    pin = preset.pinned_sha256(file)
+    if pin is not None:
+        if digest != pin:
             path.unlink(missing_ok=True)
+            raise BridgeError(
+                f"{what} is not the file preset {preset.name!r} expects: sha256 {digest[:12]}... but "
+                f"{pin[:12]}... is pinned; it was deleted (a wrong or hostile mirror? check HF_ENDPOINT)"
+            )
+        return digest, "preset-sha256"
+    if _SHA256_RE.match(etag) and digest != etag:
+        path.unlink(missing_ok=True)
         raise BridgeError(
             f"{what} is corrupt: sha256 {digest[:12]}... but the hub says {etag[:12]}...; "
             "it was deleted: run the fetch again"
         )
-    return digest
+    return digest, _etag_proves(etag, path, digest) or "none"
+
+
+def _not_verified(preset: Preset, file: str, etag: str, source: str, digest: str) -> str:
+    return (
+        f"{file}: NOT verified: {source} gave ETag {etag!r}, which is no checksum of the file, and "
+        f"preset {preset.name!r} pins no sha256 for it; kept as fetched (sha256 {digest[:12]}...)"
+    )
 
 
 def _all_in_hf_cache(preset: Preset, files: list[str]) -> bool:
@@ -488,8 +570,11 @@ def _from_hf_cache(preset: Preset, file: str) -> Path | None:
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-def _import_from_hf_cache(preset: Preset, file: str, src: Path) -> tuple[Path, str, str]:
-    """Link (or copy) a file from the hub library's cache into a partial file; (part, sha256, etag)."""
+def _import_from_hf_cache(preset: Preset, file: str, src: Path) -> tuple[Path, str, str, str]:
+    """Link (or copy) a file from the hub library's cache into a partial file.
+
+    Returns (part, sha256, etag, what proved it).
+    """
     blob = src.resolve()
     etag = blob.name  # the hub cache names blobs by ETag (the sha256 for LFS files)
     part_dir = repo_dir(str(preset.repo)) / PARTIAL
@@ -500,8 +585,8 @@ def _import_from_hf_cache(preset: Preset, file: str, src: Path) -> tuple[Path, s
         os.link(blob, part)
     except OSError:
         shutil.copyfile(blob, part)
-    digest = _check_against_etag(part, etag, f"{src} (hub cache)")
-    return part, digest, etag
+    digest, how = _verify(preset, file, part, etag, f"{src} (hub cache)")
+    return part, digest, etag, how
 
 
 def fetch_preset(
@@ -526,6 +611,7 @@ def fetch_preset(
     from filelock import FileLock, Timeout
 
     say = report or (lambda _msg: None)
+    warn = report or log.warning  # "could not be verified" must be seen, with or without a reporter
     root = repo_dir(preset.repo)
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / ".lock"))
@@ -540,21 +626,30 @@ def fetch_preset(
     try:
         graph = preset.graph_file
         done: list[Fetched] = []
-        graph_part = _fetch_file(preset, graph, force=force, progress=progress, retries=retries, say=say)
+        fetch = functools.partial(
+            _fetch_file, preset, force=force, progress=progress, retries=retries, say=say, warn=warn
+        )
+        graph_part = fetch(graph)
         graph_src = graph_part[0] if graph_part is not None else root / graph
-        locs = _external_locations(graph_src)
-        if locs is None:
-            raise BridgeError(
-                f"{preset.repo}/{graph} is not a valid ONNX graph (cannot read it); "
-                f"delete {root / graph} and fetch again"
-            )
-        folder = PurePosixPath(graph).parent
-        data_files = [str(folder / loc) for loc in locs]
+        try:
+            locs = _external_locations(graph_src)
+            if locs is None:
+                raise BridgeError(
+                    f"{preset.repo}/{graph} is not a valid ONNX graph (cannot read it); "
+                    f"delete {root / graph} and fetch again"
+                )
+            remote = _remotes.get((preset.repo, preset.revision, graph))
+            source = remote.url if graph_part is not None and remote is not None else str(graph_src)
+            data_files = _data_files(preset, locs, source)
+        except BridgeError:
+            if graph_part is not None:  # nothing of a refused graph stays behind
+                graph_part[0].unlink(missing_ok=True)
+            raise
         unexpected = sorted(set(data_files) - set(preset.files[1:]))
         if unexpected:
             log.info("%s uses data files the preset does not list: %s", graph, ", ".join(unexpected))
         for f in data_files:
-            res = _fetch_file(preset, f, force=force, progress=progress, retries=retries, say=say)
+            res = fetch(f)
             if res is not None:
                 part, fetched = res
                 _land(part, fetched.path)
@@ -584,7 +679,7 @@ _remotes: dict[tuple[str, str, str], _Remote] = {}
 
 def _record(preset: Preset, f: Fetched, external: list[str] | None = None) -> None:
     remote = _remotes.get((str(preset.repo), preset.revision, f.file))
-    entry: dict[str, Any] = {"sha256": f.sha256, "size": f.size, "source": f.action}
+    entry: dict[str, Any] = {"sha256": f.sha256, "size": f.size, "source": f.action, "verified": f.verified}
     if remote is not None:
         entry.update(etag=remote.etag, commit=remote.commit, revision=preset.revision)
     if external is not None:
@@ -595,11 +690,19 @@ def _record(preset: Preset, f: Fetched, external: list[str] | None = None) -> No
 def _cached(preset: Preset, file: str) -> Fetched:
     path = repo_dir(str(preset.repo)) / file
     entry = Manifest(str(preset.repo)).get(file) or {}
-    return Fetched(file, path, "cached", path.stat().st_size, str(entry.get("sha256", "")))
+    return Fetched(file, path, "cached", path.stat().st_size, str(entry.get("sha256", "")),
+                   str(entry.get("verified", "none")))  # fmt: skip
 
 
 def _fetch_file(
-    preset: Preset, file: str, *, force: bool, progress: bool, retries: int, say: Callable[[str], None]
+    preset: Preset,
+    file: str,
+    *,
+    force: bool,
+    progress: bool,
+    retries: int,
+    say: Callable[[str], None],
+    warn: Callable[[str], None],
 ) -> tuple[Path, Fetched] | None:
     """A checked partial file ready to land, or None when the cached copy is good."""
     repo = str(preset.repo)
@@ -615,33 +718,46 @@ def _fetch_file(
             manifest.drop(file)
         elif st.state == "unrecorded":
             digest = file_sha256(dest)
-            if offline():
-                manifest.record(file, sha256=digest, size=dest.stat().st_size, source="local")
+            pin = preset.pinned_sha256(file)
+            if pin is not None and digest == pin:
+                fetched = Fetched(file, dest, "adopted", dest.stat().st_size, digest, "preset-sha256")
+                _record(preset, fetched)
+                say(f"{file}: placed by hand, matches the preset's pinned sha256")
+                return None
+            if pin is None and offline():
+                size = dest.stat().st_size
+                manifest.record(file, sha256=digest, size=size, source="local", verified="none")
                 say(f"{file}: placed by hand; offline, so recorded as is (not checked against the hub)")
                 return None
-            remote = _remote(preset, file)
-            if _SHA256_RE.match(remote.etag) and remote.etag == digest:
-                _remotes[(repo, preset.revision, file)] = remote
-                fetched = Fetched(file, dest, "adopted", dest.stat().st_size, digest)
-                _record(preset, fetched)
-                say(f"{file}: placed by hand, matches the hub's sha256")
-                return None
+            if pin is None:
+                remote = _remote(preset, file)
+                how = _etag_proves(remote.etag, dest, digest)
+                if how is not None:
+                    _remotes[(repo, preset.revision, file)] = remote
+                    fetched = Fetched(file, dest, "adopted", dest.stat().st_size, digest, how)
+                    _record(preset, fetched)
+                    say(f"{file}: placed by hand, matches the hub's checksum")
+                    return None
             say(f"{file}: placed by hand and not provably the hub's file; fetching it again")
     cached = _from_hf_cache(preset, file) if not force else None
     if cached is not None:
-        part, digest, etag = _import_from_hf_cache(preset, file, cached)
+        part, digest, etag, how = _import_from_hf_cache(preset, file, cached)
         _remotes[(repo, preset.revision, file)] = _Remote(str(cached), etag, None, part.stat().st_size)
         say(f"{file}: taken from the huggingface_hub cache ({cached})")
-        return part, Fetched(file, dest, "hf-cache", part.stat().st_size, digest)
+        if how == "none":
+            warn(_not_verified(preset, file, etag, "the huggingface_hub cache", digest))
+        return part, Fetched(file, dest, "hf-cache", part.stat().st_size, digest, how)
     if offline():
         raise BridgeError(_missing_message(preset, [file], " and HF_HUB_OFFLINE forbids downloading"))
     remote = _remote(preset, file)
     _remotes[(repo, preset.revision, file)] = remote
     part, resumed = _download(preset, file, remote, retries=retries, progress=progress)
-    digest = _check_against_etag(part, remote.etag, f"download of {repo}/{file}")
+    digest, how = _verify(preset, file, part, remote.etag, f"download of {repo}/{file}")
     action = "resumed" if resumed else "downloaded"
     say(f"{file}: {action}, {part.stat().st_size} bytes, sha256 {digest[:12]}...")
-    return part, Fetched(file, dest, action, part.stat().st_size, digest)
+    if how == "none":
+        warn(_not_verified(preset, file, remote.etag, f"the hub at {endpoint()}", digest))
+    return part, Fetched(file, dest, action, part.stat().st_size, digest, how)
 
 
 def known_hub_presets() -> list[Preset]:

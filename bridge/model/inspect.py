@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import onnx
@@ -113,6 +113,21 @@ def external_files(model: onnx.ModelProto, graph_path: str | Path) -> list[Exter
     return out
 
 
+def location_escapes(location: str) -> bool:
+    """True when an external-data ``location`` is not a plain path inside the graph's folder.
+
+    Absolute paths (POSIX or Windows: ``/x``, ``C:\\x``, ``\\\\host``), any ``..``
+    component (either separator), an empty name and NUL bytes all count: a graph
+    from a hub mirror or a stranger must not make the bridge read or write
+    anywhere but beside it.  The one check for both loading and downloading.
+    """
+    if not location or "\0" in location:
+        return True
+    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).anchor:
+        return True
+    return any(part == ".." for part in location.replace("\\", "/").split("/"))
+
+
 def check_model_files(path: str | Path) -> list[ExternalFile]:
     """Check that ``path`` is an ONNX graph and its external data is all there.
 
@@ -127,7 +142,7 @@ def check_model_files(path: str | Path) -> list[ExternalFile]:
     model = load_graph(p)
     files = external_files(model, p)
     for f in files:
-        if not f.location or Path(f.location).is_absolute() or ".." in Path(f.location).parts:
+        if location_escapes(f.location):
             raise BridgeError(
                 f"model file {p} refers to external data at {f.location!r}, outside its folder; "
                 "re-save the model with its weights beside it"
@@ -302,6 +317,7 @@ __all__ = [
     "ExternalFile",
     "ModelInfo",
     "check_model_files",
+    "location_escapes",
     "external_files",
     "file_size",
     "format_info",

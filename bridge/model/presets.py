@@ -42,6 +42,13 @@ class Preset:
     revision: str = "main"  #: hub branch, tag or commit
     sizes: tuple[str, ...] = ()  #: per file, as the seed card lists them (documentation only)
     warning: str | None = None  #: logged whenever the preset is loaded
+    #: (file, sha256) pairs known ahead of any download: a fetched file must match its pin
+    #: whatever the hub or mirror says (an ETag only proves the bytes are what *it* serves).
+    sha256: tuple[tuple[str, str], ...] = ()
+
+    def pinned_sha256(self, file: str) -> str | None:
+        """The sha256 this preset expects for repo file ``file``, if it records one."""
+        return next((digest for name, digest in self.sha256 if name == file), None)
 
     @property
     def graph_file(self) -> str:
