@@ -7,7 +7,9 @@ vanishes, standard JSON parsers reject ``nan``), and a post-processing stage fed
 it in its state forever.  So the hop loop hands each block the model returned to
 :class:`OutputGuard` right after inference, before post-processing: a frame's non-finite
 channels take that channel's last finite value (rest, 0, if it never had one), the frame is
-counted, and the fault is said once when it starts and once when it ends.
+counted, and the fault is said once when it starts and once when it ends.  Values beyond
++-:data:`LIMIT` (1e18, meaningless as a weight) are sent as the limit, so no encoder's
+arithmetic (a sum of weighted channels) can overflow either.
 
 Post-processing stages bound their working values with :func:`bound` where their arithmetic
 could overflow, so that finite input, however large, stays finite through them.
@@ -41,12 +43,14 @@ def bound(values: np.ndarray) -> np.ndarray:
 
 
 class LastFinite:
-    """Replaces NaN/Inf in a block ``(n, channels)`` with each channel's last finite value.
+    """Replaces NaN/Inf in a block ``(n, channels)`` with each channel's last finite value
+    (and bounds the rest to +-:data:`LIMIT`).
 
     Vectorised over the whole block and allocation-free once the largest block has been
     seen: the block is viewed below one row holding the last finite values, each cell gets
     the index of the latest finite row at or above it (a running maximum), and the bad cells
-    are gathered from there.  The common case, an all-finite block, is two numpy calls.
+    are gathered from there.  The common case, every value within the limit, is three cheap
+    numpy calls (abs, compare, count).
     """
 
     def __init__(self, channels: int, max_frames: int = 32) -> None:
@@ -57,6 +61,7 @@ class LastFinite:
     def _grow(self, frames: int) -> None:
         c = self.channels
         self._finite = np.zeros((frames + 1, c), dtype=bool)
+        self._abs = np.zeros((frames, c), dtype=np.float32)
         self._bad = np.zeros((frames, c), dtype=bool)
         self._rows_ok = np.zeros(frames + 1, dtype=bool)
         self._ext = np.zeros((frames + 1, c), dtype=np.float32)
@@ -75,8 +80,14 @@ class LastFinite:
         if n > self._bad.shape[0]:
             self._grow(n)
         finite = self._finite[1 : n + 1]
-        np.isfinite(block, out=finite)
+        # |x| <= LIMIT is False for NaN, Inf and huge values alike: one test for the common case
+        np.less_equal(np.abs(block, out=self._abs[:n]), LIMIT, out=finite)
         if np.count_nonzero(finite) == finite.size:  # a third of .all()'s cost
+            self.last[:] = block[n - 1]
+            return 0
+        np.isfinite(block, out=finite)
+        if np.count_nonzero(finite) == finite.size:  # finite, some beyond the limit
+            bound(block)
             self.last[:] = block[n - 1]
             return 0
         c = self.channels
@@ -93,6 +104,7 @@ class LastFinite:
         bad = self._bad[:n]
         np.logical_not(finite, out=bad)
         np.copyto(block, filled[1:], where=bad)
+        bound(block)
         self.last[:] = block[n - 1]
         rows_ok = self._rows_ok[:n]
         np.all(finite, axis=1, out=rows_ok)

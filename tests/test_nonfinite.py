@@ -137,14 +137,16 @@ def config(model: Path, wav: Path, ll: int, osc: int) -> dict[str, Any]:
             {"kind": "livelink", "port": ll, "subject": "T"},
             {"kind": "osc", "port": osc, "scheme": "arkit", "speech": True},
             {"kind": "zmq", "endpoint": "tcp://127.0.0.1:*", "format": "json", "topic": "face"},
+            {"kind": "vrchat", "port": 0, "names": "unified"},  # sums of weighted channels
         ],
     }  # fmt: skip
 
 
 def run_through_receivers(cfg: dict[str, Any], raw: bool) -> tuple[Bridge, dict, LiveLinkReceiver,
                                                                     OscReceiver, ZmqReceiver]:  # fmt: skip
-    ll, osc = LiveLinkReceiver(), OscReceiver()
-    cfg["output"][0]["port"], cfg["output"][1]["port"] = ll.port, osc.port
+    """Run ``cfg``; the VRChat receiver's values are checked finite here, the rest returned."""
+    ll, osc, vrc = LiveLinkReceiver(), OscReceiver(), OscReceiver()
+    cfg["output"][0]["port"], cfg["output"][1]["port"], cfg["output"][3]["port"] = ll.port, osc.port, vrc.port
     bridge = Bridge(parse_config(cfg, "t.toml"), raw=raw)
     zq = ZmqReceiver(bridge.outputs[2].transport.last_endpoint, "face")  # type: ignore[attr-defined]
     wait_connected()
@@ -152,8 +154,9 @@ def run_through_receivers(cfg: dict[str, Any], raw: bool) -> tuple[Bridge, dict,
         stats = bridge.run().as_dict()
     finally:
         bridge.close()
-        for r in (ll, osc, zq):
+        for r in (ll, osc, zq, vrc):
             r.close()
+    assert vrc.messages and all(np.isfinite(args[0]) for _, args in vrc.messages)
     return bridge, stats, ll, osc, zq
 
 
@@ -215,6 +218,7 @@ def test_nan_frames_hold_the_last_finite_values_at_every_receiver(
     status = caplog.records[-1].getMessage()
     assert "(dropped 0, non-finite frames 25)" in status
     assert f"outputs: livelink 127.0.0.1:{ll.port} ok, osc arkit 127.0.0.1:{osc.port} ok, zmq json" in status
+    assert status.endswith(" ok")  # the VRChat output too
 
 
 def test_inf_channels_and_nan_speech_send_rest_and_valid_json(
@@ -299,20 +303,22 @@ def test_run_subprocess_counts_nonfinite_frames_in_stats(tmp_path: Path) -> None
 
 
 def test_last_finite_matches_a_per_frame_reference() -> None:
-    """Random blocks of any size with NaN/+Inf/-Inf anywhere: the vectorised fill equals a
-    frame-by-frame loop, and it counts the rows that had any."""
+    """Random blocks of any size with NaN/+Inf/-Inf and huge values anywhere: the vectorised
+    fill equals a frame-by-frame loop, bounds huge values to the limit, and counts the rows
+    that had a non-finite value."""
     rng = np.random.default_rng(7)
     guard, last = LastFinite(5, max_frames=4), np.zeros(5, np.float32)
     for _ in range(1500):
         n = int(rng.integers(0, 9))  # beyond max_frames too: the buffers grow
         block = rng.normal(size=(n, 5)).astype(np.float32)
         mask = rng.random((n, 5)) < rng.random() ** 2
-        block[mask] = rng.choice([np.nan, np.inf, -np.inf], size=int(mask.sum()))
+        block[mask] = rng.choice([np.nan, np.inf, -np.inf, 3e38, -F32_MAX], size=int(mask.sum()))
         want, bad = block.copy(), 0
         for row in want:
             missing = ~np.isfinite(row)
             bad += bool(missing.any())
             row[missing] = last[missing]
+            np.clip(row, -LIMIT, LIMIT, out=row)
             last = row.copy()
         assert guard.fix(block) == bad
         assert np.array_equal(block, want) and np.array_equal(guard.last, last)
