@@ -17,7 +17,7 @@ import soundfile
 
 from bridge.config import OutputConfig, parse_config
 from bridge.frame import FaceFrame
-from bridge.outputs import ConsoleEncoder, Output, TcpTransport, build_output
+from bridge.outputs import ConsoleEncoder, Output, TcpTransport, UdpTransport, build_output
 from bridge.outputs.base import Health, describe_health
 from bridge.pipeline import Bridge
 from tests.receivers import LiveLinkReceiver
@@ -97,7 +97,9 @@ def test_udp_output_to_closed_loopback_port_says_unreachable_once_then_back(
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         rx.bind(("127.0.0.1", port))
         rx.settimeout(0.0)
-        publish_until(out, lambda: out.health().state == "ok", timeout=3.0, start=k)
+        t0 = time.monotonic()
+        publish_until(out, lambda: out.health().state == "ok", timeout=5.0, start=k)
+        assert time.monotonic() - t0 >= UdpTransport.RECOVER_S - 0.1  # not at the first good send
         assert out.health().state == "ok" and out.health().changes == 3
         assert len(lines(caplog, name, "receiver reachable again after")) == 1
         assert len(rx.recv(4096)) > 200  # packets arrive: a Live Link packet

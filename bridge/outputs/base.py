@@ -191,14 +191,17 @@ class UdpTransport:
     ``ECONNREFUSED``.  Every failed send (that, a full socket buffer, a packet too large,
     no route) is counted in ``errors``, the last one kept in ``last_error``; nothing is
     raised to the hop loop.  Refused or unroutable sends make the receiver unreachable
-    (said once); it counts as back after :data:`RECOVER_S` of sends with no such error.
+    (said once).  It counts as back once sends have gone through for :data:`RECOVER_S`:
+    the refusal of one send shows up at a later one, so only a run of good sends that
+    long (the ICMP answer has had time to come back) proves the receiver is there.
     A receiver on another host that drops packets silently still looks ``ok``: UDP cannot
     tell.
     """
 
-    #: Seconds of sends without a refusal before an unreachable receiver counts as back
-    #: (while nobody listens, every other send is refused, so this never flaps).
-    RECOVER_S = 0.5
+    #: Seconds of good sends before an unreachable receiver counts as back.  On loopback a
+    #: closed port refuses every other send; another host's kernel answers at most once a
+    #: second (net.ipv4.icmp_ratelimit = 1000 ms), so less than that would flap.
+    RECOVER_S = 2.0
 
     def __init__(self, host: str, port: int, *, label: str = "udp") -> None:
         self.label = label
@@ -208,7 +211,7 @@ class UdpTransport:
         family, proto, addr = resolve(host, port, socket.SOCK_DGRAM, label)
         self.address: tuple = addr
         self.reachability = Reachability(f"{label} {host}:{port}")
-        self._last_refused = float("-inf")
+        self._good_since: float | None = None  #: first good send after the last refusal
         self._sock = socket.socket(family, socket.SOCK_DGRAM, proto)
         self._sock.setblocking(False)
         try:
@@ -229,15 +232,26 @@ class UdpTransport:
             self._failed(e)
         else:
             self.sent += 1
-            if self.reachability.state != "ok" and time.monotonic() - self._last_refused >= self.RECOVER_S:
-                self.reachability.reachable()
+            if self.reachability.state != "ok":
+                self._went_through()
 
     def _failed(self, e: OSError) -> None:
         self.errors += 1
         self.last_error = error_name(e)
         if e.errno in UNREACHABLE_ERRNOS:
-            self._last_refused = time.monotonic()
+            self._good_since = None
             self.reachability.unreachable(self.last_error)
+
+    def _went_through(self) -> None:
+        """A send left while not known ok: ok at once at the start, after RECOVER_S when back."""
+        if self.reachability.state == "unknown":
+            self.reachability.reachable()
+            return
+        now = time.monotonic()
+        if self._good_since is None:
+            self._good_since = now
+        elif now - self._good_since >= self.RECOVER_S:
+            self.reachability.reachable()
 
     def health(self) -> Health:
         return self.reachability.health()
