@@ -299,6 +299,18 @@ def test_run_subprocess_counts_nonfinite_frames_in_stats(tmp_path: Path) -> None
     assert values[10:30, :52].max() > 0.1
 
 
+def test_offline_render_holds_nan_frames_like_the_hop_loop(tmp_path: Path) -> None:
+    from bridge.offline import render
+
+    model = nan_model(tmp_path / "silence_nan.onnx", silence_nan=True, nan_speech=True)
+    wav = levels_wav(tmp_path / "gaps.wav", LEVELS)
+    cfg = parse_config({"model": {"preset": "oracle", "path": str(model), "providers": ["cpu"],
+                                  "threads": 1, "fallback": ""}}, "t.toml")  # fmt: skip
+    r = render(cfg, wav, raw=True)
+    assert np.isfinite(r.values).all() and r.speech_prob is not None and (r.speech_prob == 0.0).all()
+    np.testing.assert_allclose(r.values, np.array(expected_held(LEVELS)), atol=2e-3)
+
+
 # --- the guard on its own ---------------------------------------------------------------------
 
 
