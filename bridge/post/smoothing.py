@@ -75,7 +75,8 @@ class OneEuro:
         self.delay_frames = round(one_euro_delay_frames(min_cutoff, fps))
         self._a_d = np.float32(1.0 / (1.0 + fps / (2.0 * math.pi * d_cutoff)))
         # 2 pi fc / fps for the value's cut-off: k0 + k1 * |dx|.  Capped where the filter
-        # passes everything anyway (a = 1), so w stays finite for any speed bounded input makes.
+        # passes everything anyway (a = 1), so w stays finite for any speed bounded input
+        # makes (|dx| < 1e21 with values within +-1e18): k1 * |dx| < 1e36.
         self._k0 = np.float32(min(2.0 * math.pi * min_cutoff / fps, 1e30))
         self._k1 = np.float32(min(2.0 * math.pi * beta / fps, 1e15))
         n = NUM_BLENDSHAPES
@@ -99,14 +100,13 @@ class OneEuro:
             t -= dy
             t *= self._a_d
             dy += t
-            # a = w / (1 + w) = 1 - 1 / (1 + w) with w = 2 pi (min_cutoff + beta |dy|) / fps
-            # (the second form cannot give inf / inf = NaN)
+            # a = w / (1 + w) with w = 2 pi (min_cutoff + beta |dy|) / fps (finite: bounded
+            # input, capped k0 and k1, so never inf / inf)
             np.abs(dy, out=a)
             a *= self._k1
             a += self._k0
-            a += np.float32(1.0)
-            np.divide(np.float32(1.0), a, out=a)
-            np.subtract(np.float32(1.0), a, out=a)
+            np.add(a, np.float32(1.0), out=t)
+            a /= t
             # y += a (x - y)
             np.subtract(row, y, out=t)
             t *= a
