@@ -77,12 +77,25 @@ def test_tcp_output_without_server_says_unreachable_once_then_back(caplog: pytes
             rx.close()
 
 
+def free_udp_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind((host, 0))
+    except OSError:
+        pytest.skip(f"no {host} on this machine")
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_udp_output_to_closed_loopback_port_says_unreachable_once_then_back(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge.outputs")
-    port = free_port()
-    out = build_output(OutputConfig(kind="livelink", port=port))
+    port = free_udp_port(host)
+    out = build_output(OutputConfig(kind="livelink", host=host, port=port))
     name = out.name
     rx = None
     try:
@@ -94,8 +107,8 @@ def test_udp_output_to_closed_loopback_port_says_unreachable_once_then_back(
         assert out.stats()["errors"] >= 10
         assert len(lines(caplog, name, "receiver unreachable (ECONNREFUSED)")) == 1
 
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rx.bind(("127.0.0.1", port))
+        rx = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind((host, port))
         rx.settimeout(0.0)
         t0 = time.monotonic()
         publish_until(out, lambda: out.health().state == "ok", timeout=5.0, start=k)

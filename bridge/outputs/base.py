@@ -10,9 +10,11 @@ anyone who asks (the progress line, a console, a /health endpoint).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +42,11 @@ UNREACHABLE_ERRNOS = frozenset(
     for n in ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN", "ENETDOWN")
     if hasattr(errno, n)
 )
+
+
+#: Linux's IP_RECVERR / IPV6_RECVERR (Python's socket module lacks them): an unconnected UDP
+#: socket then hears ICMP errors, so a closed port's "port unreachable" fails the next send.
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
 
 
 def error_name(e: BaseException) -> str:
@@ -185,17 +192,17 @@ def resolve(host: str, port: int, kind: int, label: str) -> tuple[int, int, tupl
 class UdpTransport:
     """A non-blocking UDP sender to one destination, resolved once at construction.
 
-    The socket is *connected* to the destination (no packet is sent by that), because only
-    a connected UDP socket hears back from the kernel: an ICMP "port unreachable" (nobody
-    listening on that port, which loopback always reports) fails the next ``send`` with
-    ``ECONNREFUSED``.  Every failed send (that, a full socket buffer, a packet too large,
-    no route) is counted in ``errors``, the last one kept in ``last_error``; nothing is
-    raised to the hop loop.  Refused or unroutable sends make the receiver unreachable
-    (said once).  It counts as back once sends have gone through for :data:`RECOVER_S`:
-    the refusal of one send shows up at a later one, so only a run of good sends that
-    long (the ICMP answer has had time to come back) proves the receiver is there.
-    A receiver on another host that drops packets silently still looks ``ok``: UDP cannot
-    tell.
+    On Linux the socket asks for ICMP errors (``IP_RECVERR``), so an ICMP "port
+    unreachable" (nobody listening on that port, which loopback always reports) fails the
+    next ``sendto`` with ``ECONNREFUSED``.  (Not ``connect``, which would pin the source
+    address: a laptop whose address changes mid-show would then fail every send.)  Every
+    failed send (that, a full socket buffer, a packet too large, no route) is counted in
+    ``errors``, the last one kept in ``last_error``; nothing is raised to the hop loop.
+    Refused or unroutable sends make the receiver unreachable (said once).  It counts as
+    back once sends have gone through for :data:`RECOVER_S`: the refusal of one send shows
+    up at a later one, so only a run of good sends that long (the ICMP answer has had time
+    to come back) proves the receiver is there.  A receiver on another host that drops
+    packets silently still looks ``ok``: UDP cannot tell.
     """
 
     #: Seconds of good sends before an unreachable receiver counts as back.  On loopback a
@@ -214,20 +221,18 @@ class UdpTransport:
         self._good_since: float | None = None  #: first good send after the last refusal
         self._sock = socket.socket(family, socket.SOCK_DGRAM, proto)
         self._sock.setblocking(False)
-        try:
-            self._sock.connect(addr)  # UDP: only sets the peer; never blocks, sends nothing
-            self._connected = True
-        except OSError as e:  # e.g. no route yet, a broadcast address: send unconnected
-            self._connected = False
-            self._failed(e)
+        #: True where the kernel reports ICMP errors to this socket (Linux); elsewhere a
+        #: closed port goes unnoticed and the state stays ``ok``
+        self.hears_icmp = False
+        if sys.platform.startswith("linux") and family in _RECVERR:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(*_RECVERR[family], 1)
+                self.hears_icmp = True
 
     def send(self, data: Buffer) -> None:
         """Send one datagram now or count why not."""
         try:
-            if self._connected:
-                self._sock.send(data)
-            else:
-                self._sock.sendto(data, self.address)
+            self._sock.sendto(data, self.address)
         except OSError as e:
             self._failed(e)
         else:
@@ -241,6 +246,16 @@ class UdpTransport:
         if e.errno in UNREACHABLE_ERRNOS:
             self._good_since = None
             self.reachability.unreachable(self.last_error)
+            if self.hears_icmp:
+                self._drain_icmp()
+
+    def _drain_icmp(self) -> None:
+        """Empty the socket's error queue (each ICMP error waits there, using receive memory)."""
+        for _ in range(64):
+            try:
+                self._sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError: empty
+                return
 
     def _went_through(self) -> None:
         """A send left while not known ok: ok at once at the start, after RECOVER_S when back."""
