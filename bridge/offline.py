@@ -33,6 +33,7 @@ import numpy as np
 from bridge.blendshapes import ARKIT_NAMES, HEAD_EYE_NAMES, LIVELINK_NAMES, NUM_BLENDSHAPES, canonical_index
 from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
+from bridge.finite import OutputGuard
 from bridge.frame import FPS, SAMPLE_RATE, frame_end_sample
 from bridge.post import PostChain, build_post_chain
 from bridge.post.base import FrameContext
@@ -225,6 +226,7 @@ def render(
     loaded = model or load_model(cfg.model)
     raw_values, speech = infer_stitched(loaded.runner, audio.samples, audio.frames, progress)
     values = raw_values.copy()
+    OutputGuard(max_frames=audio.frames).check(values, speech, 0)  # as the hop loop does: no NaN/Inf
     rms = frame_rms(audio.samples, audio.frames)
     head = np.zeros((audio.frames, len(HEAD_EYE_NAMES)), dtype=np.float32)
     run_post(chain, values, rms, speech, audio.samples, head)

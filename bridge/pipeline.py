@@ -19,11 +19,12 @@ from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig
 from bridge.errors import BridgeError
 from bridge.fallback import FallbackEvent, FallbackSwitch
+from bridge.finite import OutputGuard
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
 from bridge.model.presets import description_for, get_preset, locate_model
 from bridge.model.runner import ModelRunner
 from bridge.outputs import build_output
-from bridge.outputs.base import Output
+from bridge.outputs.base import Output, describe_health
 from bridge.post import build_post_chain
 from bridge.post.base import FrameContext
 from bridge.sources.base import AudioSource
@@ -165,6 +166,7 @@ class Bridge:
             cfg.model.fallback_after_s,
             cfg.schedule.max_latency_ms,
         )
+        self.guard = OutputGuard(max_frames=window_frames)  # NaN/Inf never reach post or outputs
         self._rms = np.zeros(window_frames, dtype=np.float32)
         self._head_block = np.zeros((window_frames, len(HEAD_EYE_NAMES)), dtype=np.float32)
         self._subject = next((o.subject for o in cfg.outputs), "")
@@ -204,6 +206,7 @@ class Bridge:
             source.stop()
         stats.frames_dropped = self.stream.scheduler.dropped
         stats.frames_expected = self.stream.frames_total
+        stats.nonfinite_frames = self.guard.finish()
         stats.extra.update(self._input_counters())
         return stats
 
@@ -304,6 +307,7 @@ class Bridge:
             ctx.speech_prob = self._speech.frames(logits, frames, lo, hop.stride)
             text = self._speech.new_text(logits, hop.window_end, self.runner.window_samples,
                                          frame_end_sample(hop.last))  # fmt: skip
+        self.guard.check(block, ctx.speech_prob, hop.first)
         self.post.process(block, ctx)
         worst_ms = 0.0
         for i in range(hop.stride):
@@ -342,10 +346,11 @@ class Bridge:
 
     def _log_status(self) -> None:
         s = self.stats
+        nonfinite = f", {self.guard.describe()}" if self.guard.frames else ""
         log.info(
-            "frames %d (dropped %d), latency p50 %s ms p99 %s ms, inference p50 %s ms",
-            s.frames_published, self.stream.scheduler.dropped, s.latency.percentile(50),
-            s.latency.percentile(99), s.inference.percentile(50),
+            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms; outputs: %s",
+            s.frames_published, self.stream.scheduler.dropped, nonfinite, s.latency.percentile(50),
+            s.latency.percentile(99), s.inference.percentile(50), describe_health(self.outputs),
         )  # fmt: skip
 
     def _input_counters(self) -> dict[str, object]:

@@ -62,6 +62,7 @@ class RunStats:
     frames_published: int = 0
     frames_dropped: int = 0
     frames_expected: int = 0
+    nonfinite_frames: int = 0  #: frames whose model output had NaN/Inf (sent with last finite values)
     inferences: int = 0
     busy_s: float = 0.0  #: hop-loop time spent working (not waiting for audio)
     inference_s: float = 0.0
@@ -90,6 +91,7 @@ class RunStats:
             "frames_published": self.frames_published,
             "frames_expected": self.frames_expected,
             "frames_dropped": self.frames_dropped,
+            "nonfinite_frames": self.nonfinite_frames,
             "latency_ms": self.latency.summary(),
             "inference_ms": self.inference.summary(),
             "interval_ms": self.interval.summary(),

@@ -3,24 +3,116 @@
 Encoders turn a :class:`~bridge.frame.FaceFrame` into bytes and never touch a socket, so
 their wire format is tested byte for byte without a network.  Transports only move bytes
 and never block the hop loop: a slow or absent receiver costs a counted drop, not a late
-frame for every other output.
+frame for every other output.  A receiver that cannot be reached is said in one line when
+that starts and when it ends (:class:`Reachability`), and :meth:`Output.health` tells
+anyone who asks (the progress line, a console, a /health endpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
+import sys
+import time
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
 
+log = logging.getLogger("bridge.outputs")
+
 #: Anything a transport accepts: ``bytes``, ``bytearray`` or a ``memoryview`` of either.
 Buffer = bytes | bytearray | memoryview
+
+#: ``ok``: the receiver takes what is sent (as far as the transport can tell);
+#: ``unreachable``: it cannot be reached now (TCP not connected, UDP refused);
+#: ``unknown``: nothing has been sent yet, or the transport cannot tell.
+HealthState = Literal["ok", "unreachable", "unknown"]
+
+#: UDP send errors that mean the receiver (or the way to it) is not there, rather than a
+#: full buffer or a bad packet.
+UNREACHABLE_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN", "ENETDOWN")
+    if hasattr(errno, n)
+)
+
+
+#: Linux's IP_RECVERR / IPV6_RECVERR (Python's socket module lacks them): an unconnected UDP
+#: socket then hears ICMP errors, so a closed port's "port unreachable" fails the next send.
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
+
+
+def error_name(e: BaseException) -> str:
+    """``ECONNREFUSED`` for an OSError with that errno; ``timed out`` / the type name otherwise."""
+    code = getattr(e, "errno", None)
+    if code and code in errno.errorcode:
+        return errno.errorcode[code]
+    return str(e) if isinstance(e, TimeoutError) and str(e) else type(e).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """One output's state as a snapshot: safe to read from any thread."""
+
+    state: HealthState
+    error: str | None = None  #: the last error that made it unreachable (kept after recovery)
+    since: float = 0.0  #: ``time.monotonic()`` when ``state`` began
+    changes: int = 0  #: how many times the state changed (flapping shows here)
+
+    def describe(self) -> str:
+        """``ok``, ``unknown`` or ``unreachable (ECONNREFUSED)``: for the progress line."""
+        return f"unreachable ({self.error})" if self.state == "unreachable" and self.error else self.state
+
+    def as_dict(self) -> dict[str, object]:
+        return {"state": self.state, "error": self.error,
+                "for_s": round(time.monotonic() - self.since, 3), "changes": self.changes}  # fmt: skip
+
+
+class Reachability:
+    """Whether a transport's receiver can be reached, said in one line when that changes.
+
+    The transport calls :meth:`reachable` / :meth:`unreachable` as it learns (from the hop
+    loop or its own thread); only changes are logged: ``unreachable`` once when it starts,
+    and once more when the receiver is back.  ``unknown`` -> ``ok`` is the normal start and
+    says nothing.  :attr:`name` is the output's name (:class:`Output` sets it).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._health = Health("unknown", None, time.monotonic(), 0)
+
+    @property
+    def state(self) -> HealthState:
+        return self._health.state
+
+    def health(self) -> Health:
+        return self._health
+
+    def reachable(self) -> None:
+        h = self._health
+        if h.state == "ok":
+            return
+        now = time.monotonic()
+        self._health = Health("ok", h.error, now, h.changes + 1)
+        if h.state == "unreachable":
+            log.info("output %s: receiver reachable again after %.1f s", self.name, now - h.since)
+
+    def unreachable(self, error: str) -> None:
+        h = self._health
+        if h.state == "unreachable":
+            if error != h.error:
+                self._health = Health("unreachable", error, h.since, h.changes)
+            return
+        self._health = Health("unreachable", error, time.monotonic(), h.changes + 1)
+        log.warning("output %s: receiver unreachable (%s); its frames are dropped until it is back",
+                    self.name, error)  # fmt: skip
 
 
 class Encoder(Protocol):
@@ -53,8 +145,10 @@ class Transport(Protocol):
     """Moves bytes; never blocks the caller and never raises on a failed send.
 
     Optional extras an :class:`Output` uses when present: ``send_batch(packets)`` (all
-    packets of one frame at once) and ``take_resync() -> bool`` (True once after the
-    receiver may have missed packets, so a send-on-change encoder resends everything)."""
+    packets of one frame at once), ``take_resync() -> bool`` (True once after the
+    receiver may have missed packets, so a send-on-change encoder resends everything),
+    ``health() -> Health`` and a ``reachability`` (:class:`Reachability`) whose name the
+    output sets."""
 
     def send(self, data: Buffer) -> None: ...
 
@@ -123,10 +217,23 @@ def bind_udp_listener(host: str, port: int, *, explicit: bool, label: str, key: 
 class UdpTransport:
     """A non-blocking UDP sender to one destination, resolved once at construction.
 
-    Every failed ``sendto`` (full socket buffer, ICMP port unreachable reported as
-    ``ECONNREFUSED``, a packet too large, no route) is counted in ``errors``; the last one
-    is kept in ``last_error`` for diagnostics.  Nothing is raised to the hop loop.
+    On Linux the socket asks for ICMP errors (``IP_RECVERR``), so an ICMP "port
+    unreachable" (nobody listening on that port, which loopback always reports) fails the
+    next ``sendto`` with ``ECONNREFUSED``.  (Not ``connect``, which would pin the source
+    address: a laptop whose address changes mid-show would then fail every send.)  Every
+    failed send (that, a full socket buffer, a packet too large, no route) is counted in
+    ``errors``, the last one kept in ``last_error``; nothing is raised to the hop loop.
+    Refused or unroutable sends make the receiver unreachable (said once).  It counts as
+    back once sends have gone through for :data:`RECOVER_S`: the refusal of one send shows
+    up at a later one, so only a run of good sends that long (the ICMP answer has had time
+    to come back) proves the receiver is there.  A receiver on another host that drops
+    packets silently still looks ``ok``: UDP cannot tell.
     """
+
+    #: Seconds of good sends before an unreachable receiver counts as back.  On loopback a
+    #: closed port refuses every other send; another host's kernel answers at most once a
+    #: second (net.ipv4.icmp_ratelimit = 1000 ms), so less than that would flap.
+    RECOVER_S = 2.0
 
     def __init__(self, host: str, port: int, *, label: str = "udp") -> None:
         self.label = label
@@ -135,18 +242,59 @@ class UdpTransport:
         self.last_error: str | None = None
         family, proto, addr = resolve(host, port, socket.SOCK_DGRAM, label)
         self.address: tuple = addr
+        self.reachability = Reachability(f"{label} {host}:{port}")
+        self._good_since: float | None = None  #: first good send after the last refusal
         self._sock = socket.socket(family, socket.SOCK_DGRAM, proto)
         self._sock.setblocking(False)
+        #: True where the kernel reports ICMP errors to this socket (Linux); elsewhere a
+        #: closed port goes unnoticed and the state stays ``ok``
+        self.hears_icmp = False
+        if sys.platform.startswith("linux") and family in _RECVERR:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(*_RECVERR[family], 1)
+                self.hears_icmp = True
 
     def send(self, data: Buffer) -> None:
         """Send one datagram now or count why not."""
         try:
             self._sock.sendto(data, self.address)
         except OSError as e:
-            self.errors += 1
-            self.last_error = errno.errorcode.get(e.errno or 0, type(e).__name__)
+            self._failed(e)
         else:
             self.sent += 1
+            if self.reachability.state != "ok":
+                self._went_through()
+
+    def _failed(self, e: OSError) -> None:
+        self.errors += 1
+        self.last_error = error_name(e)
+        if e.errno in UNREACHABLE_ERRNOS:
+            self._good_since = None
+            self.reachability.unreachable(self.last_error)
+            if self.hears_icmp:
+                self._drain_icmp()
+
+    def _drain_icmp(self) -> None:
+        """Empty the socket's error queue (each ICMP error waits there, using receive memory)."""
+        for _ in range(64):
+            try:
+                self._sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError: empty
+                return
+
+    def _went_through(self) -> None:
+        """A send left while not known ok: ok at once at the start, after RECOVER_S when back."""
+        if self.reachability.state == "unknown":
+            self.reachability.reachable()
+            return
+        now = time.monotonic()
+        if self._good_since is None:
+            self._good_since = now
+        elif now - self._good_since >= self.RECOVER_S:
+            self.reachability.reachable()
+
+    def health(self) -> Health:
+        return self.reachability.health()
 
     def close(self) -> None:
         self._sock.close()
@@ -162,6 +310,10 @@ class Output:
         self.name = name
         self.encoder = encoder
         self.transport = transport
+        reach = getattr(transport, "reachability", None)
+        if isinstance(reach, Reachability):
+            reach.name = name  # its lines then name the output as every other line does
+        self._health = getattr(transport, "health", None)
         self._packets = getattr(encoder, "packet_views", None)
         self._send_batch = getattr(transport, "send_batch", None)
         take_resync = getattr(transport, "take_resync", None)
@@ -194,6 +346,10 @@ class Output:
     def stats(self) -> dict[str, int]:
         return self.transport.stats()
 
+    def health(self) -> Health:
+        """Whether the receiver can be reached now (and the last error); any thread may ask."""
+        return self._health() if self._health is not None else Health("unknown")
+
     def __enter__(self) -> Output:
         return self
 
@@ -202,3 +358,8 @@ class Output:
 
     def __repr__(self) -> str:
         return f"Output({self.name!r})"
+
+
+def describe_health(outputs: Sequence[Output]) -> str:
+    """``livelink 127.0.0.1:11111 ok, console tcp 127.0.0.1:53000 unreachable (ECONNREFUSED)``."""
+    return ", ".join(f"{o.name} {o.health().describe()}" for o in outputs) or "none"

@@ -5,7 +5,9 @@ a receiver that is gone makes ``connect`` wait for a timeout.  So the hop loop o
 the frame's messages and puts them, as one item, in a small bounded queue; a sender thread
 connects, sends and reconnects.  A full queue drops the frame (counted), and a connection
 that fails or stalls is closed and retried with exponential backoff, dropping (and counting)
-what was queued meanwhile: stale faces are worth nothing to a receiver.
+what was queued meanwhile: stale faces are worth nothing to a receiver.  The receiver is
+unreachable (said once, and again when it is back) while connecting fails or a send fails or
+stalls; it is back once a connection takes a frame.
 
 Framing matches python-osc's TCP client and server (``pythonosc.tcp_client``,
 ``pythonosc.osc_tcp_server``): ``"slip"`` is OSC 1.1, each packet as
@@ -16,7 +18,6 @@ Framing matches python-osc's TCP client and server (``pythonosc.tcp_client``,
 from __future__ import annotations
 
 import contextlib
-import errno
 import queue
 import socket
 import struct
@@ -25,7 +26,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from bridge.errors import BridgeError
-from bridge.outputs.base import Buffer, resolve
+from bridge.outputs.base import Buffer, Health, Reachability, error_name, resolve
 
 Framing = Literal["slip", "length"]
 FRAMINGS: tuple[str, ...] = ("slip", "length")
@@ -88,6 +89,7 @@ class TcpTransport:
         self._dropped_full = 0  # caller only
         self._dropped_stale = 0  # sender thread only
         self.last_error: str | None = None
+        self.reachability = Reachability(f"{label} {host}:{port}")
         self._resync = False
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
@@ -128,6 +130,9 @@ class TcpTransport:
     def stats(self) -> dict[str, int]:
         return {"sent": self.sent, "dropped": self.dropped, "errors": self.errors, "connects": self.connects}
 
+    def health(self) -> Health:
+        return self.reachability.health()
+
     def close(self) -> None:
         """Stop the sender (unblocking a stalled send) and close the connection."""
         self._stop.set()
@@ -139,10 +144,12 @@ class TcpTransport:
 
     # --- sender thread ---------------------------------------------------------------------
 
-    def _fail(self, e: OSError) -> None:
+    def _fail(self, e: OSError, doing: str) -> None:
         self.errors += 1
-        self.last_error = errno.errorcode.get(e.errno or 0, type(e).__name__)
+        self.last_error = error_name(e)
         self._resync = True
+        if not self._stop.is_set():  # close() shutting the socket down is no receiver fault
+            self.reachability.unreachable(f"{doing}: {self.last_error}")
 
     def _drop(self, n: int) -> None:
         """Count ``n`` packets lost; the encoder must resend everything once a frame gets through."""
@@ -168,7 +175,7 @@ class TcpTransport:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             sock.close()
-            self._fail(e)
+            self._fail(e, "connect")
             return None
         self.connects += 1
         return sock
@@ -192,13 +199,15 @@ class TcpTransport:
             try:
                 self._sock.sendall(data)
             except OSError as e:  # reset, closed, or stalled past send_timeout
-                self._fail(e)
+                self._fail(e, "send")
                 self._drop(n)
                 self._sock.close()
                 self._sock = None
                 self._drain()
             else:
                 self.sent += n
+                if self.reachability.state != "ok":
+                    self.reachability.reachable()
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import re
+import time
 from typing import Literal
 
 import numpy as np
@@ -18,7 +20,7 @@ import zmq
 from bridge.blendshapes import EPIC_NAMES, NUM_BLENDSHAPES, mirror_permutation
 from bridge.errors import BridgeError
 from bridge.frame import FPS, FaceFrame
-from bridge.outputs.base import Buffer, inverse_permutation
+from bridge.outputs.base import Buffer, Health, inverse_permutation
 from bridge.outputs.livelink import LiveLinkEncoder
 
 ZmqFormat = Literal["json", "livelink"]
@@ -40,8 +42,9 @@ class ZmqEncoder:
     """FaceFrame -> ``topic + b" " + payload`` for a PUB socket.
 
     ``json``: ``{"subject", "frame", "time", "names", "values", "speech", "text"}`` from a precomputed
-    %-template (the names and key text are constant); a non-finite value is written as
-    ``null`` so the JSON stays standard.  ``livelink``: the exact
+    %-template (the names and key text are constant); a non-finite number (a value, the
+    speech probability) is written as ``null``, so every message is standard JSON (what
+    ``json.dumps(..., allow_nan=False)`` accepts).  ``livelink``: the exact
     :class:`~bridge.outputs.livelink.LiveLinkEncoder` packet, patched in place behind the
     topic.  ``encode`` returns ``bytes``; ``encode_view`` a view valid until the next call.
     """
@@ -90,7 +93,8 @@ class ZmqEncoder:
         if self._livelink is not None:
             return self._livelink.encode(frame)
         self._scratch[self._dst] = frame.values
-        speech = "null" if frame.speech_prob is None else f"{frame.speech_prob:.4f}"
+        prob = frame.speech_prob
+        speech = f"{prob:.4f}" if prob is not None and math.isfinite(prob) else "null"
         words = json.dumps(frame.text, ensure_ascii=False) if frame.text else '""'
         text = self._template % (frame.number, frame.number / FPS, *self._scratch.tolist(), speech, words)
         start = text.rfind('"values":[')
@@ -133,6 +137,7 @@ class ZmqPubTransport:
             ) from None
         #: The endpoint actually bound (resolves a ``*`` port, e.g. ``tcp://127.0.0.1:*``).
         self.last_endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._health = Health("ok", None, time.monotonic())
 
     def send(self, data: Buffer) -> None:
         """Queue one single-part message, or count it dropped; never waits."""
@@ -148,3 +153,7 @@ class ZmqPubTransport:
 
     def stats(self) -> dict[str, int]:
         return {"sent": self.sent, "dropped": self.dropped}
+
+    def health(self) -> Health:
+        """Always ``ok`` once bound: subscribers come and go by design, and PUB cannot be refused."""
+        return self._health

@@ -26,6 +26,7 @@ import numpy as np
 
 from bridge.blendshapes import ARKIT_NAMES, NUM_BLENDSHAPES, canonical_index
 from bridge.errors import BridgeError
+from bridge.finite import bound
 from bridge.post.base import FrameContext
 
 FORMAT = "a2e-bridge-calibration"
@@ -141,6 +142,7 @@ class Calibration:
         return cls(load_calibration(path).offsets, rescale)
 
     def process(self, values: np.ndarray, ctx: FrameContext) -> None:
+        bound(values)  # the rescale must not overflow a huge value
         values -= self.offsets
         np.maximum(values, 0.0, out=values)
         if self.scale is not None:

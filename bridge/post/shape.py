@@ -9,6 +9,7 @@ import numpy as np
 
 from bridge.blendshapes import NUM_BLENDSHAPES, canonical_index
 from bridge.errors import BridgeError
+from bridge.finite import LIMIT, bound
 from bridge.post.base import FrameContext
 
 #: The 20 left/right pairs upstream LAM symmetrises.
@@ -56,9 +57,10 @@ class Symmetrize:
             self._other = np.zeros((n, NUM_BLENDSHAPES), dtype=np.float32)
         other = self._other[:n]
         np.take(values, self.partner, axis=1, out=other)
-        if self.mode == "average":
-            values += other
+        if self.mode == "average":  # halves first: a + b of two huge values would overflow
             values *= np.float32(0.5)
+            other *= np.float32(0.5)
+            values += other
         elif self.mode == "max":
             np.maximum(values, other, out=values)
         else:
@@ -72,6 +74,10 @@ def _per_channel(table: dict[str, float], default: float, what: str) -> np.ndarr
             out[canonical_index(name)] = value
         except BridgeError as e:
             raise BridgeError(f"post.curve.{what}: {e}") from None
+        if not abs(float(value)) <= LIMIT:
+            raise BridgeError(
+                f"post.curve.{what}.{name} = {value!r} must be a finite number within +-{LIMIT:.0e}"
+            )
     return out
 
 
@@ -80,7 +86,9 @@ class Curve:
 
     Gain lifts a rig that opens too little, gamma < 1 lifts small values without
     letting the big ones clip, offset shifts the rest pose.  Only the operations a
-    configuration actually uses run.
+    configuration actually uses run.  Values are kept within +-``bridge.finite.LIMIT``
+    before and after (and the power's base below what would overflow), so no input and no
+    setting overflows to Inf or makes a NaN.
     """
 
     delay_frames = 0
@@ -99,16 +107,23 @@ class Curve:
         self._use_gain = bool((self.gain != 1.0).any())
         self._use_offset = bool((self.offset != 0.0).any())
         self._use_gamma = bool((self.gamma != 1.0).any())
+        # x ** gamma stays within LIMIT for x within LIMIT ** min(1, 1 / gamma)
+        self._gamma_cap = (np.float64(LIMIT) ** np.minimum(1.0, 1.0 / self.gamma.astype(np.float64))).astype(
+            np.float32
+        )
 
     @property
     def identity(self) -> bool:
         return not (self._use_gain or self._use_offset or self._use_gamma)
 
     def process(self, values: np.ndarray, ctx: FrameContext) -> None:
+        bound(values)
         if self._use_gamma:
-            np.maximum(values, 0.0, out=values)
+            np.clip(values, 0.0, self._gamma_cap, out=values)
             np.power(values, self.gamma, out=values)
         if self._use_gain:
             values *= self.gain
         if self._use_offset:
             values += self.offset
+        if self._use_gain or self._use_offset:
+            bound(values)

@@ -11,7 +11,8 @@ ones, and every causal low-pass adds delay.  Both filters here state theirs:
   (``min_cutoff``) when the channel is still, falling as it moves.
 
 All 52 channels are filtered at once with preallocated vectors: a few numpy
-calls per frame, no allocation.
+calls per frame, no allocation.  Input is bounded to +-``bridge.finite.LIMIT`` first, so
+any finite input, however large, gives finite output.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 import numpy as np
 
 from bridge.blendshapes import NUM_BLENDSHAPES
+from bridge.finite import bound
 from bridge.frame import FPS
 from bridge.post.base import FrameContext
 
@@ -44,6 +46,7 @@ class Ema:
 
     def process(self, values: np.ndarray, ctx: FrameContext) -> None:
         y, d = self._y, self._d
+        bound(values)  # x - y of two huge values of opposite sign would overflow
         for row in values:
             if not self._started:
                 y[:] = row
@@ -71,9 +74,11 @@ class OneEuro:
         self.min_cutoff, self.beta, self.fps = float(min_cutoff), float(beta), float(fps)
         self.delay_frames = round(one_euro_delay_frames(min_cutoff, fps))
         self._a_d = np.float32(1.0 / (1.0 + fps / (2.0 * math.pi * d_cutoff)))
-        # 2 pi fc / fps for the value's cut-off: k0 + k1 * |dx|
-        self._k0 = np.float32(2.0 * math.pi * min_cutoff / fps)
-        self._k1 = np.float32(2.0 * math.pi * beta / fps)
+        # 2 pi fc / fps for the value's cut-off: k0 + k1 * |dx|.  Capped where the filter
+        # passes everything anyway (a = 1), so w stays finite for any speed bounded input
+        # makes (|dx| < 1e21 with values within +-1e18): k1 * |dx| < 1e36.
+        self._k0 = np.float32(min(2.0 * math.pi * min_cutoff / fps, 1e30))
+        self._k1 = np.float32(min(2.0 * math.pi * beta / fps, 1e15))
         n = NUM_BLENDSHAPES
         self._y = np.zeros(n, dtype=np.float32)  # filtered value
         self._dy = np.zeros(n, dtype=np.float32)  # filtered speed
@@ -83,6 +88,7 @@ class OneEuro:
 
     def process(self, values: np.ndarray, ctx: FrameContext) -> None:
         y, dy, t, a = self._y, self._dy, self._t, self._a
+        bound(values)  # speed (x - y) * fps must not overflow
         for row in values:
             if not self._started:
                 y[:] = row
@@ -94,7 +100,8 @@ class OneEuro:
             t -= dy
             t *= self._a_d
             dy += t
-            # a = w / (1 + w) with w = 2 pi (min_cutoff + beta |dy|) / fps
+            # a = w / (1 + w) with w = 2 pi (min_cutoff + beta |dy|) / fps (finite: bounded
+            # input, capped k0 and k1, so never inf / inf)
             np.abs(dy, out=a)
             a *= self._k1
             a += self._k0
