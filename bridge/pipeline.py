@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bridge import interrupt
 from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig
 from bridge.errors import BridgeError
@@ -90,6 +91,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     try:
         return LoadedModel(_load_preset(cfg, cfg.preset, cfg.path), cfg.preset)
     except BridgeError as e:
+        interrupt.check()  # a load cut short by Ctrl-C is not a load failure: no fallback
         if not cfg.fallback or cfg.fallback == cfg.preset:
             raise
         failed = time.monotonic()
