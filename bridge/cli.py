@@ -236,7 +236,7 @@ def devices() -> None:
 
 @main.command()
 @click.option("--model", default="synthetic-full", show_default=True, metavar="PRESET|PATH")
-@click.option("--seconds", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option("--seconds", type=click.FloatRange(1, 3600), default=60, show_default=True)
 @click.option("--json", "json_path", metavar="FILE", help="write the results here")
 @click.option(
     "--input",

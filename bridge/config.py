@@ -102,7 +102,7 @@ BOUNDS: dict[str, Bound] = {
     "input.device": Bound(0, 1023, note="an index; or a name"),
     "input.channel": Bound(0, 255, note='or "mix"'),
     "input.samplerate": Bound(8000, 384000, "Hz"),
-    "input.blocksize": Bound(32, 16384, "frames"),
+    "input.blocksize": Bound(32, 8192, "frames"),
     "input.ring_seconds": Bound(0.1, 60, "s"),
     "model.identity": Bound(0, 11, note="0 = neutral"),
     "model.window_s": Bound(0.1, 10, "s", "a multiple of 0.1 s"),

@@ -43,6 +43,17 @@ STATUS_EVERY_S = 10.0
 
 
 def build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource:
+    """The configured audio source; a ring too big for this machine is one line, not a MemoryError."""
+    try:
+        return _build_source(cfg, duration)
+    except MemoryError:
+        raise BridgeError(
+            f"not enough memory for a {cfg.ring_seconds:g} s input ring (input.ring_seconds) at this "
+            "input's rate and channel count; lower input.ring_seconds or pick fewer channels"
+        ) from None
+
+
+def _build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource:
     """The configured audio source (``sounddevice`` is imported only for devices)."""
     if cfg.kind == "file":
         if not cfg.file:
