@@ -8,6 +8,7 @@ ring from its own thread.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,21 @@ def build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource
             f"not enough memory for a {cfg.ring_seconds:g} s input ring (input.ring_seconds) at this "
             "input's rate and channel count; lower input.ring_seconds or pick fewer channels"
         ) from None
+
+
+def check_ring_holds_a_frame(cfg: BridgeConfig, source: AudioSource) -> None:
+    """The hop loop pulls once the next frame and its lookahead are all in the ring: a ring
+    smaller than that (plus a capture block and the resampler's ~20 ms hold-back) would
+    stall a fast file and overrun a live input."""
+    rate, inp = source.samplerate, cfg.input
+    need = (cfg.schedule.lookahead_frames + 1) * rate / FPS + 0.03 * rate + inp.blocksize
+    if source.ring.capacity < need:
+        raise BridgeError(
+            f"{cfg.source}: input.ring_seconds = {inp.ring_seconds:g} is too small for "
+            f"schedule.lookahead_frames = {cfg.schedule.lookahead_frames} at {rate} Hz: the ring must hold "
+            f"at least {math.ceil(100 * need / rate) / 100:.2f} s (the frame, its lookahead, one capture "
+            "block and the resampler's delay); raise input.ring_seconds"
+        )
 
 
 def _build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource:
@@ -151,6 +167,7 @@ class Bridge:
         try:
             self.outputs = [build_output(o) for o in cfg.outputs]
             source = build_source(cfg.input, duration)
+            check_ring_holds_a_frame(cfg, source)
             self.model = load_model(cfg.model)
         except BaseException:
             if source is not None:
