@@ -202,6 +202,7 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
                               model=model, realtime=False if fast else None)  # fmt: skip
         phase = "load"
         bridge = Bridge(cfg, raw=raw, duration=duration)
+        interrupt.check()  # in case a library swallowed the signal while loading
         phase = "run"
         log.info("%s", bridge.describe())
         stats = bridge.run(interrupt.defer()).as_dict()  # a signal now ends the run at a hop

@@ -198,8 +198,9 @@ def test_empty_wav_is_one_line(tmp_path: Path) -> None:
                    f"audio file {empty} holds no audio")  # fmt: skip
     header_only = tmp_path / "header-only.wav"  # the header promises 1 s, no data follows
     header_only.write_bytes(speech_wav(tmp_path).read_bytes()[:44])
-    one_line_error(cli("run", "--model", "synthetic", "--input", str(header_only)),
-                   "holds no audio (its header promises 1.00 s: the file was cut short)")  # fmt: skip
+    proc = cli("run", "--model", "synthetic", "--input", str(header_only))
+    one_line_error(proc, f"audio file {header_only} holds no audio (0 frames)")
+    assert "its header promises 1.00 s, the file holds 0.00 s" in proc.stderr  # and why
 
 
 def test_truncated_wav_warns_and_plays_what_is_there(tmp_path: Path) -> None:
@@ -240,3 +241,15 @@ def test_ring_too_small_for_the_lookahead_is_refused_not_reported_as_unplugged(t
                              "48000 Hz: the ring must hold at least 0.14 s")  # fmt: skip
     ok = run(0.14)  # the size it asked for is enough
     assert ok.returncode == 0 and "published 30 of 30 frames" in ok.stderr, ok.stderr
+
+
+def test_offline_output_paths_are_checked_before_the_render(tmp_path: Path) -> None:
+    wav = speech_wav(tmp_path)
+    missing = tmp_path / "no-such-dir"
+    good = str(tmp_path / "o.csv")
+    for args in (["-o", str(missing / "o.csv")], ["-o", good, "--plot", str(missing / "p.png")]):
+        proc = cli("offline", str(wav), "--model", "synthetic", *args)
+        one_line_error(proc, str(missing), "cannot write there")
+        assert "frames; model" not in proc.stderr  # nothing was rendered first
+    proc = cli("calibrate", "--input", str(wav), "--model", "synthetic", "-o", str(missing / "c.toml"))
+    one_line_error(proc, "-o", "cannot write there")

@@ -26,9 +26,8 @@ log = logging.getLogger(__name__)
 def open_audio_file(path: str | Path):  # -> soundfile.SoundFile
     """Open ``path`` for reading, or raise a one-line BridgeError saying why not.
 
-    A file with no audio is refused; a WAV cut short (its header promises more
-    than the file holds: an interrupted copy or recording) is played as far as
-    it goes, with a warning.
+    A WAV cut short (its header promises more than the file holds: an interrupted
+    copy or recording) is read as far as it goes, with a warning.
     """
     import soundfile
 
@@ -43,13 +42,7 @@ def open_audio_file(path: str | Path):  # -> soundfile.SoundFile
             "(convert others with e.g. `ffmpeg -i IN out.wav`)"
         ) from None
     promised = wav_promised_frames(p)
-    cut = promised is not None and promised > f.frames
-    if f.frames <= 0:
-        f.close()
-        why = f" (its header promises {promised / f.samplerate:.2f} s: the file was cut short)" if cut else ""
-        raise BridgeError(f"audio file {p} holds no audio{why}; give a file with sound in it")
-    if cut:
-        assert promised is not None
+    if promised is not None and promised > f.frames:
         log.warning(
             "audio file %s is cut short: its header promises %.2f s, the file holds %.2f s; "
             "playing what is there", p, promised / f.samplerate, f.frames / f.samplerate,
@@ -98,6 +91,9 @@ class FileSource:
     ) -> None:
         self.name = str(path)
         self._file = open_audio_file(path)
+        if self._file.frames <= 0:  # nothing to play: say so rather than run zero frames
+            self._file.close()
+            raise BridgeError(f"audio file {path} holds no audio (0 frames); give a file with sound in it")
         self.samplerate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames_total = int(self._file.frames)
