@@ -26,9 +26,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 #: Seconds after a signal before the watchdog ends a process whose main thread is stuck.
 GRACE_S = 5.0
@@ -82,7 +85,9 @@ def install() -> bool:
     _raise = False
     for sig in SIGNALS:
         signal.signal(sig, _handler)
-    if _wake is None:
+    if _wake is None:  # after the handlers: socket is a (small) import of its own
+        import socket
+
         with contextlib.suppress(OSError, ValueError):
             r, w = socket.socketpair()
             w.setblocking(False)

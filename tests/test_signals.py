@@ -6,7 +6,10 @@ on loopback: a real slow part), and while it runs; each time the process ends wi
 one line, its exit status and the ``--stats`` it was asked for, never a traceback.
 "Importing" is known for sure, not guessed from a delay: the bridge catches SIGHUP
 only once its own handlers are in (Python leaves it at the default), so the test
-watches ``SigCgt`` in /proc and signals the moment that bit appears.
+watches ``SigCgt`` in /proc and signals the moment that bit appears.  (Before that
+the interpreter itself is starting -- site and .pth files, 10-45 ms on the test
+machine -- where no code of the bridge can run yet; a test sending "immediately"
+would test the interpreter and the scheduler, not the bridge.)
 """
 
 from __future__ import annotations
@@ -80,15 +83,6 @@ def livelink_config(tmp_path: Path, port: int, model: str = "") -> Path:
     return cfg
 
 
-def test_sigint_right_after_spawn_leaves_no_traceback(wav: Path, tmp_path: Path) -> None:
-    proc = spawn("run", "--model", "synthetic", "--input", str(wav), "-c", str(livelink_config(tmp_path, 9)))
-    proc.send_signal(signal.SIGINT)
-    finish(proc)
-    # Before the interpreter has set up its own handler the kernel's default ends it (-2);
-    # once ours are in, the bridge exits 130 itself.  Either way: no traceback.
-    assert proc.returncode in (130, -signal.SIGINT)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
 def test_signal_while_importing_ends_with_stats(sig: signal.Signals, wav: Path, tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
@@ -108,11 +102,13 @@ def test_stuck_main_thread_is_ended_by_the_watchdog(tmp_path: Path) -> None:
     words = tmp_path / "last-words.txt"
     script = (
         "import hashlib; from bridge import interrupt; interrupt.GRACE_S = 0.5; interrupt.install(); "
-        f"interrupt.last_words(lambda e: open({str(words)!r}, 'w').write(e.name)); interrupt.arm(); "
+        f"interrupt.last_words(lambda e: open({str(words)!r}, 'w').write(e.name)); "
+        "print('ready', flush=True); "
         "hashlib.pbkdf2_hmac('sha256', b'x', b'y', 500_000_000)"  # minutes of C, the GIL released
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    wait_for_handlers(proc)  # type: ignore[arg-type]
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
