@@ -38,11 +38,19 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def _port(v: int) -> str | None:
+    return None if 0 < v < 65536 else "must be a port number 1..65535"
+
+
 def _window(v: float) -> str | None:
     tenths = v * 10
     if v <= 0 or v > 10 or abs(tenths - round(tenths)) > 1e-9:
         return "must be a multiple of 0.1 s (3 frames = 1600 samples) between 0.1 and 10"
     return None
+
+
+def _identity(v: int) -> str | None:
+    return None if 0 <= v < 12 else "must be an identity index 0..11 (0 = neutral)"
 
 
 def _channel(v: int | str) -> str | None:
@@ -97,7 +105,8 @@ def _num(v: float) -> str:
 
 
 #: Every numeric key's allowed range, by its key in docs/configuration.md.  A value outside
-#: is refused naming the range; a test checks that every numeric key has a row here.
+#: is refused naming the range (before the key's own check, which says what else it needs);
+#: a test checks that every numeric key has a row here.
 BOUNDS: dict[str, Bound] = {
     "input.device": Bound(0, 1023, note="an index; or a name"),
     "input.channel": Bound(0, 255, note='or "mix"'),
@@ -146,6 +155,10 @@ BOUNDS: dict[str, Bound] = {
     "output.range": Bound(-1e6, 1e6),
     "output.threshold": Bound(0, 1e6, note="output units"),
     "output.keepalive_s": Bound(0, 3600, "s", "0 = never"),
+    # Keys other branches add (ifacialmocap / vrchat listeners): their rows are ready for the merge.
+    "output.listen_port": Bound(0, 65535, note="0 or false = do not listen"),
+    "output.reply_port": Bound(0, 65535, note="0 = the port the request came from"),
+    "output.request_timeout_s": Bound(0, 3600, "s", "0 = never"),
 }
 
 
@@ -212,6 +225,18 @@ class ScheduleConfig:
 
 def _unit(v: float) -> str | None:
     return None if 0.0 <= v <= 1.0 else "must be between 0 and 1"
+
+
+def _dbfs(v: float) -> str | None:
+    return None if -120.0 <= v <= 0.0 else "must be a level in dBFS between -120 and 0"
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else "must be >= 1"
+
+
+def _ema_alpha(v: float) -> str | None:
+    return None if 0.0 < v <= 1.0 else "must be in (0, 1] (1 = no smoothing)"
 
 
 def _blendshape_names(names: Any) -> str | None:
