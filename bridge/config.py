@@ -44,7 +44,7 @@ def _port(v: int) -> str | None:
 
 def _window(v: float) -> str | None:
     tenths = v * 10
-    if v <= 0 or v > 10 or abs(tenths - round(tenths)) > 1e-9:
+    if not 0 < v <= 10 or abs(tenths - round(tenths)) > 1e-9:  # NaN fails the first test
         return "must be a multiple of 0.1 s (3 frames = 1600 samples) between 0.1 and 10"
     return None
 
@@ -105,8 +105,8 @@ def _num(v: float) -> str:
 
 
 #: Every numeric key's allowed range, by its key in docs/configuration.md.  A value outside
-#: is refused naming the range (before the key's own check, which says what else it needs);
-#: a test checks that every numeric key has a row here.
+#: is refused naming the range (after the key's own check, if it has one, which says what
+#: else it needs); a test checks that every numeric key has a row here.
 BOUNDS: dict[str, Bound] = {
     "input.device": Bound(0, 1023, note="an index; or a name"),
     "input.channel": Bound(0, 255, note='or "mix"'),
@@ -549,8 +549,8 @@ def _build(cls: type, table: dict[str, Any], source: str, where: str) -> Any:
             continue
         value = _coerce(table[f.name], hints[f.name], source, key)
         check = f.metadata.get("check")
-        problem = _out_of_bounds(key, value) if value is not None else None
-        problem = problem or (check(value) if (check and value is not None) else None)
+        problem = check(value) if (check and value is not None) else None
+        problem = problem or (_out_of_bounds(key, value) if value is not None else None)
         if problem:
             raise BridgeError(f"{source}: {key} = {table[f.name]!r} {problem}")
         values[f.name] = value

@@ -119,19 +119,31 @@ def test_every_numeric_key_has_a_bound() -> None:
     assert not missing, f"add a row to bridge.config.BOUNDS for {missing} (what range makes sense?)"
 
 
-def _doc_for(key: str, value: object) -> dict:
-    """The smallest config document that sets ``key`` to ``value``."""
+def _field(key: str) -> dataclasses.Field:
+    from bridge.config import _SECTIONS, OutputConfig
+
     parts = key.split(".")
+    cls: type = OutputConfig if parts[0] == "output" else _SECTIONS[parts[0]]
+    for part in parts[1:-1]:
+        cls = next(f.type for f in dataclasses.fields(cls) if f.name == part)
+        cls = getattr(__import__("bridge.config", fromlist=["x"]), cls) if isinstance(cls, str) else cls
+    return next(f for f in dataclasses.fields(cls) if f.name == parts[-1])
+
+
+def _doc_for(key: str, number: float) -> tuple[dict, object]:
+    """The smallest config document that sets ``key`` to ``number``, and the value it holds."""
+    parts = key.split(".")
+    value: object = number
     if parts[0] == "output":
         kind = next(k for k, keys in _KIND_FIELDS.items() if parts[1] in keys)
-        value = [value, 0.5] if parts[1] == "range" else value
-        return {"output": [{"kind": kind, parts[1]: value}]}
+        value = [number, 0.5] if parts[1] == "range" else number
+        return {"output": [{"kind": kind, parts[1]: value}]}, value
     if parts[1] == "curve":
-        value = {"jawOpen": value}
+        value = {"jawOpen": number}
     doc: dict = {parts[-1]: value}
     for part in reversed(parts[:-1]):
         doc = {part: doc}
-    return doc
+    return doc, value
 
 
 @pytest.mark.parametrize("key", sorted(BOUNDS))
@@ -147,12 +159,16 @@ def test_each_bound_refuses_just_outside_and_names_the_range(key: str) -> None:
     assert _out_of_bounds(key, bound.low) is None
     if high is not None:
         assert _out_of_bounds(key, high) is None
-    for value in outside:
+    own_check = _field(key).metadata.get("check")
+    for number in outside:
+        doc, value = _doc_for(key, number)
         with pytest.raises(BridgeError) as e:
-            parse_config(_doc_for(key, value), "my.toml")
+            parse_config(doc, "my.toml")
         msg = str(e.value)
         assert msg.startswith("my.toml: ") and "\n" not in msg
-        assert f"allowed: {bound.text()}" in msg, msg
+        # The range, or what the key's own check says first (e.g. "a multiple of 0.1 s").
+        said = own_check(value) if own_check else None
+        assert f"allowed: {bound.text()}" in msg or (said and said in msg), msg
 
 
 def test_threads_are_bounded_by_this_machines_cores() -> None:
