@@ -71,6 +71,9 @@ def _setup_logging(verbose: bool) -> None:
         format="a2e-bridge: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # the hub client logs every HTTP request at INFO
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
