@@ -10,34 +10,47 @@ import functools
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from bridge import __version__
+from bridge import __version__, interrupt
 from bridge.config import BridgeConfig, load_config
 from bridge.errors import BridgeError
 
 log = logging.getLogger("bridge")
 
 
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print BridgeErrors as one line and exit non-zero."""
+def friendly(fn: Callable[..., Any] | None = None, *, arm: bool = True) -> Any:
+    """Print BridgeErrors as one line and exit non-zero; a signal exits 128 + its number.
+
+    ``arm``: a signal received while the command was being imported raises as the
+    command starts (``run`` arms itself, so it can still write ``--stats``).
+    """
+    if fn is None:
+        return functools.partial(friendly, arm=arm)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if arm:
+                interrupt.arm()
             return fn(*args, **kwargs)
         except BridgeError as e:
             click.echo(f"a2e-bridge: error: {e}", err=True)
             sys.exit(e.exit_code)
+        except interrupt.Interrupted as e:
+            interrupt.say(f"a2e-bridge: stopped by {e.name}")
+            sys.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
             raise
+        except MemoryError:  # a setting or input too big for this machine: still one line
+            click.echo("a2e-bridge: error: out of memory (a setting or an input too big for this "
+                       "machine; see docs/configuration.md for the allowed ranges)", err=True)  # fmt: skip
+            sys.exit(BridgeError.exit_code)
         except Exception as e:  # a bug: still one line, the traceback on request
             if os.environ.get("A2E_BRIDGE_DEBUG"):
                 raise
@@ -58,6 +71,9 @@ def _setup_logging(verbose: bool) -> None:
         format="a2e-bridge: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # the hub client logs every HTTP request at INFO
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,6 +124,41 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
         raise BridgeError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def check_writable(path: str, option: str) -> None:
+    """Refuse an output file that cannot be written now, before any work (not after a run)."""
+    p = Path(path)
+    if p.is_dir():
+        raise BridgeError(f"{option} {path} is a folder; give a file name, e.g. {option} run.json")
+    existed = p.exists()
+    try:
+        with open(p, "a", encoding="utf-8"):  # append: an existing file is left as it is
+            pass
+    except OSError as e:
+        raise BridgeError(
+            f"{option} {path}: cannot write there ({e.strerror or e}); give a path in a writable folder"
+        ) from None
+    if not existed:
+        p.unlink(missing_ok=True)
+
+
+def _interrupted_stats(e: interrupt.Interrupted, phase: str, bridge: Any) -> dict[str, Any]:
+    interrupted = {"signal": e.name, "phase": phase}
+    if bridge is not None and phase == "run":
+        return {**bridge.stats.as_dict(), "interrupted": interrupted}
+    # Nothing ran; plain values only (numpy may be the import the signal cut short).
+    return {"frames_published": 0, "frames_expected": 0, "frames_dropped": 0, "interrupted": interrupted}
+
+
+def _stopped_early(e: interrupt.Interrupted, phase: str, bridge: Any, stats_path: str | None) -> None:
+    """A signal before the run (or a second one during it): one line, ``--stats``, exit 128 + n."""
+    where = {"start": "while starting", "load": "while loading the model", "run": "during the run"}[phase]
+    with interrupt.exiting():
+        interrupt.say(f"a2e-bridge: stopped by {e.name} {where}")
+        if stats_path:
+            _write_json(stats_path, _interrupted_stats(e, phase, bridge))
+    sys.exit(e.exit_code)
+
+
 @main.command()
 @click.option(
     "-c",
@@ -129,32 +180,53 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 @click.option("--fast", is_flag=True, help="file input: as fast as possible, not real time")
 @click.option("--stats", "stats_path", metavar="FILE", help="write a JSON summary here on exit")
 @click.option("-v", "--verbose", is_flag=True)
-@friendly
+@friendly(arm=False)
 def run(config_path: str | None, input_file: str | None, device: str | None, model: str | None,
         duration: float | None, raw: bool, fast: bool, stats_path: str | None,
         verbose: bool) -> None:  # fmt: skip
     """Run the bridge until the input ends, --duration passes, or Ctrl-C."""
-    from bridge.pipeline import Bridge
-
     _setup_logging(verbose)
-    cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device,
-                          model=model, realtime=False if fast else None)  # fmt: skip
-    bridge = Bridge(cfg, raw=raw, duration=duration)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("%s", bridge.describe())
+    if not interrupt.installed():  # entered other than through bridge/__main__.py
+        interrupt.install()
+    phase, bridge = "start", None
+
+    def last_words(e: interrupt.Interrupted) -> None:  # the watchdog's, if this thread gets stuck
+        if stats_path:
+            _write_json(stats_path, _interrupted_stats(e, phase, bridge))
+
+    interrupt.last_words(last_words)
     try:
-        stats = bridge.run(stop).as_dict()
+        interrupt.arm()  # a signal during the imports stops here, with --stats
+        if stats_path:
+            check_writable(stats_path, "--stats")
+        from bridge.pipeline import Bridge
+
+        cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device,
+                              model=model, realtime=False if fast else None)  # fmt: skip
+        phase = "load"
+        bridge = Bridge(cfg, raw=raw, duration=duration)
+        interrupt.check()  # in case a library swallowed the signal while loading
+        phase = "run"
+        log.info("%s", bridge.describe())
+        stats = bridge.run(interrupt.defer()).as_dict()  # a signal now ends the run at a hop
+    except interrupt.Interrupted as e:
+        _stopped_early(e, phase, bridge, stats_path)
+        raise  # not reached
     finally:
-        bridge.close()
+        if bridge is not None:
+            bridge.close()
+    stopped_by = interrupt.received()
+    if stopped_by:
+        stats["stopped_by"] = stopped_by
     log.info(
-        "published %d of %d frames (%d dropped); latency p50 %s ms, p99 %s ms",
+        "published %d of %d frames (%d dropped); latency p50 %s ms, p99 %s ms%s",
         stats["frames_published"], stats["frames_expected"], stats["frames_dropped"],
         stats["latency_ms"]["p50"], stats["latency_ms"]["p99"],
+        f"; stopped by {stopped_by}" if stopped_by else "",
     )  # fmt: skip
     if stats_path:
-        _write_json(stats_path, stats)
+        with interrupt.exiting():
+            _write_json(stats_path, stats)
 
 
 @main.command()
@@ -168,7 +240,7 @@ def devices() -> None:
 
 @main.command()
 @click.option("--model", default="synthetic-full", show_default=True, metavar="PRESET|PATH")
-@click.option("--seconds", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option("--seconds", type=click.FloatRange(1, 3600), default=60, show_default=True)
 @click.option("--json", "json_path", metavar="FILE", help="write the results here")
 @click.option(
     "--input",
@@ -189,6 +261,8 @@ def bench(model: str, seconds: float, json_path: str | None, input_file: str | N
     from bridge.bench import run_bench
 
     _setup_logging(False)
+    if json_path:
+        check_writable(json_path, "--json")
     result = run_bench(model=model, seconds=seconds, input_file=input_file,
                        providers=providers, lookahead=lookahead, window_s=window_s,
                        cuda_graph=cuda_graph,

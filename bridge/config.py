@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 import tomllib
 import types
 import typing
@@ -41,7 +44,7 @@ def _port(v: int) -> str | None:
 
 def _window(v: float) -> str | None:
     tenths = v * 10
-    if v <= 0 or v > 10 or abs(tenths - round(tenths)) > 1e-9:
+    if not 0 < v <= 10 or abs(tenths - round(tenths)) > 1e-9:  # NaN fails the first test
         return "must be a multiple of 0.1 s (3 frames = 1600 samples) between 0.1 and 10"
     return None
 
@@ -53,7 +56,7 @@ def _identity(v: int) -> str | None:
 def _channel(v: int | str) -> str | None:
     if isinstance(v, str):
         return None if v == "mix" else 'must be a channel index (0 = first) or "mix"'
-    return None if v >= 0 else "must be >= 0"
+    return None  # an index: its range is in BOUNDS
 
 
 def _providers(v: list[str]) -> str | None:
@@ -62,6 +65,121 @@ def _providers(v: list[str]) -> str | None:
     if bad or not v:
         return f"must be a non-empty list of {', '.join(sorted(allowed))}"
     return None
+
+
+def _cores_x4() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The allowed range of a numeric key, both ends included (NaN and infinities are outside)."""
+
+    low: float
+    high: float | typing.Callable[[], float] | None  #: None: no upper end; callable: this machine's
+    unit: str = ""
+    note: str = ""  #: said after the range, e.g. "0 = one per core"
+    high_doc: str = ""  #: the docs' words for a machine-dependent upper end
+
+    def text(self, for_docs: bool = False) -> str:
+        """``0.1..60 s``; a machine-dependent end as its rule in the docs, as its value here."""
+        unit = f" {self.unit}" if self.unit else ""
+        notes = [self.note] if self.note else []
+        if self.high is None:
+            span = f">= {_num(self.low)}{unit}"
+        elif callable(self.high):
+            span = f"{_num(self.low)}..{self.high_doc if for_docs else _num(self.high())}{unit}"
+            if not for_docs:
+                notes.insert(0, f"{self.high_doc} on this machine")
+        else:
+            span = f"{_num(self.low)}..{_num(self.high)}{unit}"
+        return f"{span} ({'; '.join(notes)})" if notes else span
+
+    def contains(self, v: float) -> bool:
+        high = self.high() if callable(self.high) else self.high
+        return math.isfinite(v) and v >= self.low and (high is None or v <= high)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+#: Every numeric key's allowed range, by its key in docs/configuration.md.  A value outside
+#: is refused naming the range (after the key's own check, if it has one, which says what
+#: else it needs); a test checks that every numeric key has a row here.
+BOUNDS: dict[str, Bound] = {
+    "input.device": Bound(0, 1023, note="an index; or a name"),
+    "input.channel": Bound(0, 255, note='or "mix"'),
+    "input.samplerate": Bound(8000, 384000, "Hz"),
+    "input.blocksize": Bound(32, 8192, "frames"),
+    "input.ring_seconds": Bound(0.1, 60, "s"),
+    "model.identity": Bound(0, 11, note="0 = neutral"),
+    "model.window_s": Bound(0.1, 10, "s", "a multiple of 0.1 s"),
+    "model.threads": Bound(0, _cores_x4, note="0 = one per core", high_doc="4 × cores"),
+    "model.fallback_after_s": Bound(0, 600, "s", "0 = never"),
+    "schedule.lookahead_frames": Bound(0, 30, "frames", "each adds 33 ms of latency"),
+    "schedule.max_latency_ms": Bound(0.1, 10000, "ms"),
+    "post.gate.open_db": Bound(-120, 0, "dBFS"),
+    "post.gate.close_db": Bound(-120, 0, "dBFS"),
+    "post.gate.hold_frames": Bound(0, 300, "frames"),
+    "post.gate.attack_frames": Bound(1, 300, "frames"),
+    "post.gate.release_frames": Bound(1, 300, "frames"),
+    "post.gate.floor": Bound(0, 1),
+    "post.gate.vad_threshold": Bound(0, 1),
+    "post.smoothing.min_cutoff": Bound(0.01, 15, "Hz", "15 Hz is the Nyquist rate of 30 fps"),
+    "post.smoothing.beta": Bound(0, 10),
+    "post.smoothing.d_cutoff": Bound(0.01, 15, "Hz"),
+    "post.smoothing.alpha": Bound(0.01, 1, note="1 = no smoothing"),
+    "post.blink.min_interval_s": Bound(0.2, 60, "s"),
+    "post.blink.max_interval_s": Bound(0.2, 60, "s"),
+    "post.blink.strength": Bound(0, 1),
+    "post.blink.seed": Bound(0, None),
+    "post.curve.gain": Bound(0, 10),
+    "post.curve.offset": Bound(-1, 1),
+    "post.curve.gamma": Bound(0.1, 10),
+    "post.head.seed": Bound(0, None),
+    "post.head.yaw_deg": Bound(0, 45, "degrees"),
+    "post.head.pitch_deg": Bound(0, 45, "degrees"),
+    "post.head.roll_deg": Bound(0, 45, "degrees"),
+    "post.head.period_s": Bound(0.1, 60, "s"),
+    "post.head.idle": Bound(0, 1),
+    "post.head.silence_db": Bound(-120, 0, "dBFS"),
+    "post.head.speech_db": Bound(-120, 0, "dBFS"),
+    "post.head.attack_s": Bound(0.01, 60, "s"),
+    "post.head.release_s": Bound(0.01, 60, "s"),
+    "post.head.saccade_yaw_deg": Bound(0, 30, "degrees"),
+    "post.head.saccade_pitch_deg": Bound(0, 30, "degrees"),
+    "post.head.saccade_min_s": Bound(0.05, 60, "s"),
+    "post.head.saccade_max_s": Bound(0.05, 60, "s"),
+    "output.port": Bound(1, 65535),
+    "output.range": Bound(-1e6, 1e6),
+    "output.threshold": Bound(0, 1e6, note="output units"),
+    "output.keepalive_s": Bound(0, 3600, "s", "0 = never"),
+    # Keys other branches add (ifacialmocap / vrchat listeners): their rows are ready for the merge.
+    "output.listen_port": Bound(0, 65535, note="0 or false = do not listen"),
+    "output.reply_port": Bound(0, 65535, note="0 = the port the request came from"),
+    "output.request_timeout_s": Bound(0, 3600, "s", "0 = never"),
+}
+
+
+def _out_of_bounds(key: str, value: Any) -> str | None:
+    """What in ``value`` (a number, or the numbers of a list or table) is outside its range."""
+    bound = BOUNDS.get(re.sub(r"\[\d+\]", "", key))
+    if bound is None:
+        return None
+    allowed = f"allowed: {bound.text()}"
+    if isinstance(value, dict | tuple):
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for name, v in items:
+            if _is_number(v) and not bound.contains(v):
+                what = f"{name} = {v!r}" if name is not None else repr(v)
+                return f"has {what} out of range; {allowed}"
+        return None
+    return None if not _is_number(value) or bound.contains(value) else f"is out of range; {allowed}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +191,9 @@ class InputConfig:
     file: str | None = _opt(None, doc="audio file for kind = file (WAV, FLAC, ... any rate/channels)")
     realtime: bool = _opt(True, doc="file input: pace at real time (true) or as fast as possible")
     channel: int | str = _opt("mix", _channel, 'channel index to take, or "mix" to average all')
-    samplerate: int | None = _opt(None, lambda v: _positive(v), "device rate; default: the device's own")
-    blocksize: int = _opt(256, _positive, "frames per capture callback / file block")
-    ring_seconds: float = _opt(4.0, _positive, "capacity of the capture ring buffer in seconds")
+    samplerate: int | None = _opt(None, doc="device rate; default: the device's own")
+    blocksize: int = _opt(256, doc="frames per capture callback / file block")
+    ring_seconds: float = _opt(4.0, doc="capacity of the capture ring buffer in seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +203,15 @@ class ModelConfig:
     preset: str = _opt("lam", doc="model preset (see `a2e-bridge models list`)")
     path: str | None = _opt(None, doc="model file overriding the preset's file; keeps its interface")
     output_order: str | list[str] | None = _opt(None, doc='"arkit", "alphabetical" or 52 names')
-    identity: int = _opt(0, _identity, "LAM identity index 0..11 (0 = neutral)")
+    identity: int = _opt(0, doc="LAM identity index 0..11 (0 = neutral)")
     providers: list[str] = _opt(("cuda", "cpu"), _providers, "execution providers, in order")
     window_s: float = _opt(1.0, _window, "seconds of audio the model sees per call")
-    threads: int = _opt(0, _non_negative, "ONNX Runtime intra-op threads; 0 = one per core")
+    threads: int = _opt(0, doc="ONNX Runtime intra-op threads; 0 = one per core")
     fallback: str | None = _opt("wav2arkit", doc='preset loaded when this one fails ("" = none)')
     fetch: bool = _opt(True, doc="download a missing hub model on first use (HF_HUB_OFFLINE=1 stops it)")
     cuda_graph: bool = _opt(True, doc="CUDA: replay the model as one captured CUDA graph (2x faster)")
     fallback_after_s: float = _opt(
-        2.0, _non_negative, "switch to the fallback after missing deadlines this long (0 = never)"
+        2.0, doc="switch to the fallback after missing deadlines this long (0 = never)"
     )
 
 
@@ -101,8 +219,8 @@ class ModelConfig:
 class ScheduleConfig:
     """How hops are scheduled on the sample clock."""
 
-    lookahead_frames: int = _opt(0, _non_negative, "frames held back for right-hand context")
-    max_latency_ms: float = _opt(250.0, _positive, "skip ahead (and count drops) beyond this")
+    lookahead_frames: int = _opt(0, doc="frames held back for right-hand context")
+    max_latency_ms: float = _opt(250.0, doc="skip ahead (and count drops) beyond this")
 
 
 def _unit(v: float) -> str | None:
@@ -145,19 +263,19 @@ class GateConfig:
     """Silence gate: eases the mouth to rest in silence (the model's output never quite closes it)."""
 
     enabled: bool = _opt(True, doc="ease the mouth/jaw channels to rest in silence")
-    open_db: float = _opt(-40.0, _dbfs, "frame RMS (dBFS) at or above which the gate opens")
-    close_db: float = _opt(-46.0, _dbfs, "frame RMS (dBFS) below which it starts closing (<= open_db)")
-    hold_frames: int = _opt(2, _non_negative, "quiet frames kept open before the release starts")
-    attack_frames: int = _opt(2, _at_least_one, "frames of the opening ramp (1 = a step)")
-    release_frames: int = _opt(3, _at_least_one, "frames of the closing ramp")
-    floor: float = _opt(0.0, _unit, "gain left on the gated channels in silence (upstream: 0.1)")
+    open_db: float = _opt(-40.0, None, "frame RMS (dBFS) at or above which the gate opens")
+    close_db: float = _opt(-46.0, None, "frame RMS (dBFS) below which it starts closing (<= open_db)")
+    hold_frames: int = _opt(2, None, "quiet frames kept open before the release starts")
+    attack_frames: int = _opt(2, None, "frames of the opening ramp (1 = a step)")
+    release_frames: int = _opt(3, None, "frames of the closing ramp")
+    floor: float = _opt(0.0, None, "gain left on the gated channels in silence (upstream: 0.1)")
     channels: str | list[str] = _opt(
         "speech", _gate_channels, '"speech" (upstream 29 + mouthClose), "upstream", "mouth" or names'
     )
     vad: Literal["off", "ctc", "silero"] = _opt(
         "off", doc="also require speech from the model's CTC head or the Silero VAD model"
     )
-    vad_threshold: float = _opt(0.5, _unit, "speech probability at or above which a frame is speech")
+    vad_threshold: float = _opt(0.5, None, "speech probability at or above which a frame is speech")
     vad_model: str | None = _opt(None, doc="path to silero_vad.onnx (for vad = silero)")
 
 
@@ -166,10 +284,10 @@ class SmoothingConfig:
     """Per-channel smoothing; causal, so it always adds some delay (see docs/postprocessing.md)."""
 
     kind: Literal["off", "one_euro", "ema"] = _opt("one_euro", doc="one_euro, ema or off")
-    min_cutoff: float = _opt(4.0, _positive, "One Euro: cut-off (Hz) when still; delay 30/(2 pi fc) frames")
-    beta: float = _opt(0.3, _non_negative, "One Euro: cut-off increase per unit/s of speed (less lag)")
-    d_cutoff: float = _opt(1.0, _positive, "One Euro: cut-off (Hz) of the speed estimate")
-    alpha: float = _opt(0.5, _ema_alpha, "EMA: weight of the new frame; delay (1 - alpha) / alpha frames")
+    min_cutoff: float = _opt(4.0, None, "One Euro: cut-off (Hz) when still; delay 30/(2 pi fc) frames")
+    beta: float = _opt(0.3, None, "One Euro: cut-off increase per unit/s of speed (less lag)")
+    d_cutoff: float = _opt(1.0, None, "One Euro: cut-off (Hz) of the speed estimate")
+    alpha: float = _opt(0.5, None, "EMA: weight of the new frame; delay (1 - alpha) / alpha frames")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +295,18 @@ class BlinkConfig:
     """Procedural eye blinks: an audio model has no reason to blink."""
 
     enabled: bool = _opt(True, doc="add blinks on eyeBlinkLeft/Right at random intervals")
-    min_interval_s: float = _opt(2.0, _positive, "shortest time between blink starts")
-    max_interval_s: float = _opt(6.0, _positive, "longest time between blink starts (>= min)")
-    strength: float = _opt(1.0, _unit, "peak blink weight (each blink varies 85-100 % of it)")
+    min_interval_s: float = _opt(2.0, None, "shortest time between blink starts")
+    max_interval_s: float = _opt(6.0, None, "longest time between blink starts (>= min)")
+    strength: float = _opt(1.0, None, "peak blink weight (each blink varies 85-100 % of it)")
     replace_model: bool = _opt(True, doc="drop the model's own eyeBlink values first (upstream does)")
     seed: int | None = _opt(None, doc="random seed for repeatable blinks (default: random)")
+
+    def __post_init__(self) -> None:
+        if self.max_interval_s < self.min_interval_s:
+            raise BridgeError(
+                f"post.blink.max_interval_s = {self.max_interval_s!r} must be >= min_interval_s "
+                f"({self.min_interval_s!r}); raise max_interval_s or lower min_interval_s"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +404,7 @@ class OutputConfig:
     host: str = _opt("127.0.0.1", doc="destination host (every kind but zmq)")
     port: int | None = _opt(
         None,
-        lambda v: _port(v),
+        None,
         "destination port (livelink 11111, osc 9000, vmc 39539, vrchat 9000, ifacialmocap 49983, "
         "console 53000)",
     )
@@ -312,8 +437,8 @@ class OutputConfig:
     range: list[float] = _opt((0.0, 1.0), _value_range, "console: [low, high] a weight of 0..1 maps to")
     value_type: Literal["float", "int"] = _opt("float", doc="console: send floats or (rounded) ints")
     send_on_change: bool = _opt(False, doc="console: send a channel only when it moved > threshold")
-    threshold: float = _opt(0.0, _non_negative, "console: change (output units) that counts as a change")
-    keepalive_s: float = _opt(1.0, _non_negative, "console, send_on_change: resend all every N s (0 = never)")
+    threshold: float = _opt(0.0, None, "console: change (output units) that counts as a change")
+    keepalive_s: float = _opt(1.0, None, "console, send_on_change: resend all every N s (0 = never)")
     transport: Literal["udp", "tcp"] = _opt("udp", doc="console: OSC over UDP or TCP")
     framing: Literal["slip", "length"] = _opt("slip", doc="console, tcp: slip (OSC 1.1) or length (OSC 1.0)")
     bundle: bool | None = _opt(None, doc="vrchat (default true), console (default false): send bundles")
@@ -398,6 +523,12 @@ def load_config(path: str | Path | None) -> BridgeConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise BridgeError(f"cannot read config file {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition
+        line = e.object[: e.start].count(b"\n") + 1
+        raise BridgeError(
+            f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}); "
+            "TOML files are UTF-8: save it as UTF-8 in your editor"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -429,7 +560,14 @@ def _build_output(table: dict[str, Any], source: str, index: int) -> OutputConfi
     if kind not in OUTPUT_KINDS:
         raise BridgeError(f"{source}: {where}.kind = {kind!r}; allowed: {', '.join(OUTPUT_KINDS)}")
     _refuse_unknown(table, sorted(_KIND_FIELDS[kind]), source, where + ".")
-    return _build(OutputConfig, table, source, where)
+    out = _build(OutputConfig, table, source, where)
+    span = abs(out.range[1] - out.range[0])
+    if out.send_on_change and out.threshold >= span:
+        raise BridgeError(
+            f"{source}: {where}.threshold = {out.threshold:g} would never count a change: it must be "
+            f"smaller than the output range {list(out.range)} spans ({span:g})"
+        )
+    return out
 
 
 def _refuse_unknown(table: dict[str, Any], known: list[str], source: str, where: str) -> None:
@@ -456,10 +594,14 @@ def _build(cls: type, table: dict[str, Any], source: str, where: str) -> Any:
         value = _coerce(table[f.name], hints[f.name], source, key)
         check = f.metadata.get("check")
         problem = check(value) if (check and value is not None) else None
+        problem = problem or (_out_of_bounds(key, value) if value is not None else None)
         if problem:
             raise BridgeError(f"{source}: {key} = {table[f.name]!r} {problem}")
         values[f.name] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except BridgeError as e:  # a check across keys (e.g. post.head: max >= min)
+        raise BridgeError(f"{source}: {e}") from None
 
 
 def _build_table(cls: type, table: Any, source: str, where: str) -> Any:
@@ -527,8 +669,8 @@ def _match(value: Any, tp: Any) -> tuple[bool, Any]:
     return False, None
 
 
-def describe_schema() -> list[tuple[str, str, str, str]]:
-    """(key, type, default, meaning) rows for docs/configuration.md."""
+def describe_schema() -> list[tuple[str, str, str, str, str]]:
+    """(key, type, default, allowed range, meaning) rows for docs/configuration.md."""
     rows = []
     tables: list[tuple[str, type]] = [*_SECTIONS.items(), ("output", OutputConfig)]
     for section, cls in tables:
@@ -542,6 +684,7 @@ def describe_schema() -> list[tuple[str, str, str, str]]:
                     f"{section}.{f.name}",
                     _describe(hints[f.name]),
                     repr(f.default if f.default is not dataclasses.MISSING else f.default_factory()),
+                    bound.text(for_docs=True) if (bound := BOUNDS.get(f"{section}.{f.name}")) else "",
                     f.metadata.get("doc", ""),
                 )
             )

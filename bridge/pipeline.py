@@ -8,6 +8,7 @@ ring from its own thread.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bridge import interrupt
 from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig
 from bridge.errors import BridgeError
@@ -43,6 +45,32 @@ STATUS_EVERY_S = 10.0
 
 
 def build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource:
+    """The configured audio source; a ring too big for this machine is one line, not a MemoryError."""
+    try:
+        return _build_source(cfg, duration)
+    except MemoryError:
+        raise BridgeError(
+            f"not enough memory for a {cfg.ring_seconds:g} s input ring (input.ring_seconds) at this "
+            "input's rate and channel count; lower input.ring_seconds or pick fewer channels"
+        ) from None
+
+
+def check_ring_holds_a_frame(cfg: BridgeConfig, source: AudioSource) -> None:
+    """The hop loop pulls once the next frame and its lookahead are all in the ring: a ring
+    smaller than that (plus a capture block and the resampler's ~20 ms hold-back) would
+    stall a fast file and overrun a live input."""
+    rate, inp = source.samplerate, cfg.input
+    need = (cfg.schedule.lookahead_frames + 1) * rate / FPS + 0.03 * rate + inp.blocksize
+    if source.ring.capacity < need:
+        raise BridgeError(
+            f"{cfg.source}: input.ring_seconds = {inp.ring_seconds:g} is too small for "
+            f"schedule.lookahead_frames = {cfg.schedule.lookahead_frames} at {rate} Hz: the ring must hold "
+            f"at least {math.ceil(100 * need / rate) / 100:.2f} s (the frame, its lookahead, one capture "
+            "block and the resampler's delay); raise input.ring_seconds"
+        )
+
+
+def _build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource:
     """The configured audio source (``sounddevice`` is imported only for devices)."""
     if cfg.kind == "file":
         if not cfg.file:
@@ -91,6 +119,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     try:
         return LoadedModel(_load_preset(cfg, cfg.preset, cfg.path), cfg.preset)
     except BridgeError as e:
+        interrupt.check()  # a load cut short by Ctrl-C is not a load failure: no fallback
         if not cfg.fallback or cfg.fallback == cfg.preset:
             raise
         failed = time.monotonic()
@@ -139,6 +168,7 @@ class Bridge:
         try:
             self.outputs = [build_output(o) for o in cfg.outputs]
             source = build_source(cfg.input, duration)
+            check_ring_holds_a_frame(cfg, source)
             self.model = load_model(cfg.model)
         except BaseException:
             if source is not None:

@@ -18,7 +18,8 @@ HEADER = """# Configuration reference
 
 Generated from `bridge/config.py` by `python scripts/gen_config_docs.py`; a test fails when
 it is out of date.  A config file is TOML; every key is optional.  Unknown keys, wrong types
-and impossible values are refused with one line naming the file, the key and what is allowed.
+and values outside the "allowed" range are refused with one line naming the file, the key
+and the range.
 `configs/default.toml` sets every top-level key to its default.
 
 Outputs are a list of `[[output]]` tables; each `kind` accepts only its own keys (the
@@ -32,18 +33,18 @@ Outputs are a list of `[[output]]` tables; each `kind` accepts only its own keys
 def render() -> str:
     lines = [HEADER]
     section = None
-    for key, typ, default, doc in describe_schema():
+    for key, typ, default, allowed, doc in describe_schema():
         table = key.rsplit(".", 1)[0]
         if table != section:
             section = table
             title = "[[output]]" if table == "output" else f"[{table}]"
             kinds = " kinds |" if table == "output" else ""
             rule = "---|" if table == "output" else ""
-            head = f"| key | type | default | meaning |{kinds}\n|---|---|---|---|{rule}\n"
+            head = f"| key | type | default | allowed | meaning |{kinds}\n|---|---|---|---|---|{rule}\n"
             lines.append(f"\n## `{title}`\n\n{head}")
         name = key.rsplit(".", 1)[1]
         doc = doc.replace("|", "\\|")
-        row = f"| `{name}` | {typ.replace('|', '/')} | `{default}` | {doc} |"
+        row = f"| `{name}` | {typ.replace('|', '/')} | `{default}` | {allowed.replace('|', '/')} | {doc} |"
         if table == "output":
             row += " " + ", ".join(k for k, keys in _KIND_FIELDS.items() if name in keys) + " |"
         lines.append(row + "\n")

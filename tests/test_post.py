@@ -356,7 +356,7 @@ def test_config_errors_are_one_line() -> None:
         ({"post": {"gate": {"opn_db": -40}}}, "did you mean 'open_db'"),
         ({"post": {"smoothing": {"kind": "kalman"}}}, "post.smoothing.kind"),
         ({"post": {"gate": "on"}}, r"\[post.gate\] must be a table"),
-        ({"post": {"blink": {"min_interval_s": 0}}}, "must be > 0"),
+        ({"post": {"blink": {"min_interval_s": 0}}}, "allowed: 0.2..60 s"),
     ]
     for data, match in cases:
         with pytest.raises(BridgeError, match=match) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ import click
 
 from bridge.cli import friendly
 from bridge.errors import BridgeError
+
+#: ONNX Runtime starts every thread it is given: more than 4 per core only starves the machine.
+_THREADS = click.IntRange(0, 4 * (os.cpu_count() or 1))
 
 _PROVIDERS = {"cuda", "tensorrt", "cpu", "coreml", "dml", "rocm", "openvino"}
 
@@ -215,7 +219,7 @@ def models_convert(mode: str, src: str, dst: str) -> None:
 @click.option("--audio", "audio", multiple=True, type=click.Path(dir_okay=False),
               help="also compare on 1 s windows of this file (repeatable)")  # fmt: skip
 @click.option("--providers", default="cpu", show_default=True, help="e.g. cuda,cpu")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="intra-op threads (0: ORT default)")
+@click.option("--threads", type=_THREADS, default=0, help="intra-op threads (0: ORT default)")
 @click.option("--json", "json_path", metavar="OUT", help="write the full results here")
 @friendly
 def models_compare(reference: str, candidates: tuple[str, ...], audio: tuple[str, ...], providers: str,
@@ -242,7 +246,7 @@ def models_compare(reference: str, candidates: tuple[str, ...], audio: tuple[str
 )
 @click.option("--audio", multiple=True, type=click.Path(dir_okay=False), help="extra audio file (repeatable)")
 @click.option("--workdir", type=click.Path(file_okay=False), help="where the variants are built (reused)")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="intra-op threads (0: ORT default)")
+@click.option("--threads", type=_THREADS, default=0, help="intra-op threads (0: ORT default)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", metavar="OUT", help="write the full results here")
 @friendly
@@ -275,7 +279,7 @@ def models_quality_table(
 @models.command("start-time")
 @click.argument("model", metavar="PATH|PRESET")
 @click.option("--providers", default="cpu", show_default=True, help="e.g. cuda,cpu")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="intra-op threads (0: one per core)")
+@click.option("--threads", type=_THREADS, default=0, help="intra-op threads (0: one per core)")
 @click.option("--json", "json_path", metavar="OUT", help="write the results here")
 @friendly
 def models_start_time(model: str, providers: str, threads: int, json_path: str | None) -> None:

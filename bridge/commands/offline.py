@@ -13,7 +13,7 @@ from typing import Any
 import click
 import numpy as np
 
-from bridge.cli import _setup_logging, apply_overrides, friendly
+from bridge.cli import _setup_logging, apply_overrides, check_writable, friendly
 from bridge.config import load_config
 from bridge.errors import BridgeError
 from bridge.frame import FPS
@@ -146,6 +146,9 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
     if timecode_fps and not (out and Path(out).suffix.lower() == ".csv"):
         got = f"-o {out}" if out else "no -o"
         raise BridgeError(f"--timecode-fps is for a Live Link Face CSV: give -o OUT.csv (got {got})")
+    for path, option in ((out, "-o"), (plot_path, "--plot"), (report_path, "--report")):
+        if path:
+            check_writable(path, option)  # now, not after the render
     lookaheads = _lookaheads(lookahead) if compare_streaming else []
     cfg = _with_window(apply_overrides(load_config(config_path), model=model), window)
     if compare_streaming:
@@ -250,6 +253,7 @@ def calibrate(seconds: float, device: str | None, input_file: str | None, config
         raise BridgeError(f"-o {out}: use a .toml or .json name")
     if offline_path and not input_file:
         raise BridgeError("--offline measures a file: give --input FILE")
+    check_writable(out, "-o")  # now, not after the recording
     cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device, model=model,
                           realtime=False if input_file else None)  # fmt: skip
     cfg = cfg.replace(outputs=())

@@ -62,8 +62,11 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     """The runner's session options (also what its optimised-graph cache entries are made with)."""
     import onnxruntime as ort
 
+    cores = os.cpu_count() or 1
+    if not 0 <= threads <= 4 * cores:  # ORT would try to start them all (config.py bounds this too)
+        raise BridgeError(f"model threads = {threads}: allowed 0..{4 * cores} (4 x the {cores} cores here)")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or cores
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Spinning worker threads steal the core the audio callback needs (models.md).
@@ -128,6 +131,7 @@ class ModelRunner:
         self.last_asr_logits: np.ndarray | None = None
         self.frames_per_window = 0
         self._mapped = np.zeros((0, NUM_BLENDSHAPES), dtype=np.float32)
+        self._out_shape: tuple[int, ...] | None = None
         # On a GPU, keep the model's inputs and outputs in device buffers bound once
         # (IOBinding): no per-call allocation, and the precondition for CUDA graphs.
         if bind_device is None and self.provider == "CUDAExecutionProvider":
@@ -174,6 +178,24 @@ class ModelRunner:
                 "expected [batch, frames, 52]"
             )
 
+    def _check_output(self, shape: tuple[int, ...]) -> None:
+        """What the model actually returned for a window: [1, frames at 30 fps, 52].
+
+        A declared shape can leave these open (dynamic dimensions); a model that fills
+        them wrongly would index past its output, or shift every frame, at run time.
+        """
+        d = self.description
+        exact = self.window_samples * 30 / d.sample_rate
+        frames = {int(exact), -int(-exact // 1)}  # floor or ceil: models round either way
+        if len(shape) != 3 or shape[0] != 1 or shape[2] != NUM_BLENDSHAPES or shape[1] not in frames:
+            want = " or ".join(str(f) for f in sorted(frames))
+            raise BridgeError(
+                f"model {self.path}: output {d.blendshapes_output!r} has shape {list(shape)} for a "
+                f"{self.window_samples}-sample window; expected [1, {want}, {NUM_BLENDSHAPES}] "
+                f"(30 frames per second of audio, {NUM_BLENDSHAPES} ARKit blendshapes): "
+                "is it a LAM or wav2arkit export?"
+            )
+
     def warmup(self, runs: int = 2) -> None:
         """Run zeros through the model so the first real hop pays no allocation or tuning cost."""
         zeros = np.zeros(self.window_samples, dtype=np.float32)
@@ -217,10 +239,12 @@ class ModelRunner:
         The returned array is reused by the next call: copy what must outlive it.
         """
         results = self._run(window)
+        if results[0].shape != self._out_shape:  # the first call (warm-up), checked once
+            self._check_output(results[0].shape)
+            self._out_shape = results[0].shape
+            self._mapped = np.zeros((results[0].shape[1], NUM_BLENDSHAPES), dtype=np.float32)
+            self.frames_per_window = results[0].shape[1]
         raw = results[0][0]
-        if raw.shape[0] != self._mapped.shape[0]:
-            self._mapped = np.zeros((raw.shape[0], NUM_BLENDSHAPES), dtype=np.float32)
-            self.frames_per_window = raw.shape[0]
         np.take(raw, self._to_canonical, axis=1, out=self._mapped)
         if len(results) > 1:
             self.last_asr_logits = results[1][0]

@@ -104,6 +104,8 @@ def load_calibration(path: str | Path) -> CalibrationData:
             f"cannot read calibration file {p} (post.calibration): {e.strerror or e}; "
             "make one with `a2e-bridge calibrate -o FILE`"
         ) from None
+    except UnicodeDecodeError as e:
+        raise BridgeError(f"calibration file {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         d = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:

@@ -9,6 +9,8 @@ as fast as the consumer frees room, and nothing is ever overwritten.
 
 from __future__ import annotations
 
+import logging
+import struct
 import threading
 import time
 from pathlib import Path
@@ -18,21 +20,61 @@ import numpy as np
 from bridge.errors import BridgeError
 from bridge.ring import SampleRing
 
+log = logging.getLogger(__name__)
+
 
 def open_audio_file(path: str | Path):  # -> soundfile.SoundFile
-    """Open ``path`` for reading, or raise a one-line BridgeError saying why not."""
+    """Open ``path`` for reading, or raise a one-line BridgeError saying why not.
+
+    A WAV cut short (its header promises more than the file holds: an interrupted
+    copy or recording) is read as far as it goes, with a warning.
+    """
     import soundfile
 
     p = Path(path)
     if not p.is_file():
         raise BridgeError(f"audio file not found: {p} (input.file / --input)")
     try:
-        return soundfile.SoundFile(str(p))
+        f = soundfile.SoundFile(str(p))
     except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
         raise BridgeError(
             f"cannot read audio file {p}: {e}; give a WAV, FLAC or OGG file "
             "(convert others with e.g. `ffmpeg -i IN out.wav`)"
         ) from None
+    promised = wav_promised_frames(p)
+    if promised is not None and promised > f.frames:
+        log.warning(
+            "audio file %s is cut short: its header promises %.2f s, the file holds %.2f s; "
+            "playing what is there", p, promised / f.samplerate, f.frames / f.samplerate,
+        )  # fmt: skip
+    return f
+
+
+def wav_promised_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE header's data chunk promises; None if not a WAV or the size is unknown."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = 0
+            while chunk := fh.read(8):
+                if len(chunk) < 8:
+                    return None
+                kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if kind == b"fmt ":
+                    fmt = fh.read(size + (size & 1))
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+                elif kind == b"data":
+                    # 0 and 0xFFFFFFFF: written by streaming recorders that never fix the size up
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    fh.seek(size + (size & 1), 1)
+    except OSError:
+        return None
+    return None
 
 
 class FileSource:
@@ -49,6 +91,9 @@ class FileSource:
     ) -> None:
         self.name = str(path)
         self._file = open_audio_file(path)
+        if self._file.frames <= 0:  # nothing to play: say so rather than run zero frames
+            self._file.close()
+            raise BridgeError(f"audio file {path} holds no audio (0 frames); give a file with sound in it")
         self.samplerate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames_total = int(self._file.frames)
