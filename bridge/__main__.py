@@ -15,7 +15,7 @@ from bridge import interrupt
 def main() -> None:
     interrupt.install()
     try:
-        from bridge.cli import main as cli
+        from bridge.cli.main import main as cli
 
         cli()
     except interrupt.Interrupted as e:  # raised outside a command (while click parses)

@@ -130,7 +130,7 @@ def run_bench(
     """Run the pipeline for ``seconds`` of audio and return the stats document."""
     import soundfile
 
-    from bridge.cli import apply_overrides
+    from bridge.cli.common import apply_overrides
     from bridge.pipeline import Bridge
     from bridge.signals import speech_like
 

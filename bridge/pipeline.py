@@ -23,7 +23,8 @@ from bridge.errors import BridgeError
 from bridge.fallback import FallbackEvent, FallbackSwitch
 from bridge.finite import OutputGuard
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
-from bridge.model.presets import description_for, get_preset, locate_model
+from bridge.model.hub import locate_model
+from bridge.model.presets import description_for, get_preset
 from bridge.model.runner import ModelRunner
 from bridge.outputs import build_output
 from bridge.outputs.base import Output, describe_health

@@ -9,7 +9,7 @@ import soundfile
 
 from bridge.blendshapes import ARKIT_NAMES
 from bridge.config import parse_config
-from bridge.model.synth import oracle_value
+from bridge.modeltools.synth import oracle_value
 from bridge.pipeline import Bridge
 from bridge.signals import staircase, staircase_level
 

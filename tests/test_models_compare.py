@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from bridge.cli import main
-from bridge.model.compare import (
+from bridge.cli.main import main
+from bridge.modeltools.compare import (
     ALL_STRATEGIES,
     compare_models,
     cosine_and_ratio,
@@ -21,7 +21,7 @@ from bridge.model.compare import (
     format_table,
     quality_table,
 )
-from bridge.model.synth import build_lam, save_model
+from bridge.modeltools.synth import build_lam, save_model
 
 
 def test_cosine_and_ratio() -> None:

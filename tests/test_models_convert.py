@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto
 
-from bridge.cli import main
+from bridge.cli.main import main
 from bridge.errors import BridgeError
-from bridge.model.compare import cosine_and_ratio
-from bridge.model.convert import convert_file
-from bridge.model.graph import find_layernorm_chains
-from bridge.model.synth import CONFIGS, build_lam, build_oracle, save_model
+from bridge.modeltools.compare import cosine_and_ratio
+from bridge.modeltools.convert import convert_file
+from bridge.modeltools.graph import find_layernorm_chains
+from bridge.modeltools.synth import CONFIGS, build_lam, build_oracle, save_model
 from bridge.signals import speech_like
 
 

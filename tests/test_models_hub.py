@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bridge.cli import main
+from bridge.cli.main import main
 from bridge.errors import BridgeError
-from bridge.model.hub import MANIFEST, PARTIAL, fetch_preset, preset_state, repo_dir
-from bridge.model.presets import get_preset, locate_model
-from bridge.model.session_cache import forget_hashes
-from bridge.model.synth import build_lam, save_model
+from bridge.model.files import forget_hashes
+from bridge.model.hub import MANIFEST, PARTIAL, fetch_preset, locate_model, preset_state, repo_dir
+from bridge.model.presets import get_preset
+from bridge.modeltools.synth import build_lam, save_model
 
 REPO = "omote-ai/lam-a2e"
 GRAPH, DATA = "model_fp16.onnx", "model_fp16.onnx.data"

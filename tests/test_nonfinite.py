@@ -24,7 +24,7 @@ from bridge.config import parse_config
 from bridge.errors import BridgeError
 from bridge.finite import END_AFTER_FRAMES, LIMIT, LastFinite, OutputGuard
 from bridge.frame import FPS
-from bridge.model.synth import build_oracle, oracle_value, save_model
+from bridge.modeltools.synth import build_oracle, oracle_value, save_model
 from bridge.pipeline import Bridge
 from bridge.post import Clamp, build_post_chain
 from bridge.post.base import FrameContext

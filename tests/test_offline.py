@@ -18,10 +18,10 @@ import soundfile
 from click.testing import CliRunner
 
 from bridge.blendshapes import NUM_BLENDSHAPES, canonical_index
-from bridge.cli import main
+from bridge.cli.main import main
 from bridge.config import BridgeConfig, parse_config
 from bridge.livelink_csv import format_timecode, read_livelink_csv
-from bridge.model.synth import oracle_value
+from bridge.modeltools.synth import oracle_value
 from bridge.offline import Audio, compare, read_audio, render, render_streaming, window_plan
 from bridge.post.gate import SPEECH_CHANNELS
 from bridge.signals import speech_like, staircase, staircase_level

@@ -24,7 +24,7 @@ from bridge.blendshapes import ARKIT_NAMES, EPIC_NAMES, HEAD_EYE_NAMES
 from bridge.config import OutputConfig, parse_config
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
-from bridge.model.synth import oracle_value
+from bridge.modeltools.synth import oracle_value
 from bridge.outputs import (
     ConsoleEncoder,
     IFacialMocapEncoder,

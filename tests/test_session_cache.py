@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bridge.cli import main
+from bridge.cli.main import main
 from bridge.errors import BridgeError
 from bridge.model.description import LAM
+from bridge.model.files import file_sha256, forget_hashes
 from bridge.model.runner import ModelRunner
-from bridge.model.session_cache import PeakRss, cache_root, file_sha256, forget_hashes
-from bridge.model.synth import build_lam, save_model
+from bridge.model.session_cache import PeakRss, cache_root
+from bridge.modeltools.synth import build_lam, save_model
 from bridge.signals import speech_like
 
 

@@ -183,7 +183,7 @@ class SlowHub:
 
 @pytest.fixture(scope="module")
 def slow_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowHub]:
-    from bridge.model.synth import build_lam, save_model
+    from bridge.modeltools.synth import build_lam, save_model
 
     folder = tmp_path_factory.mktemp("slow-hub")
     save_model(build_lam("tiny", seed=4), folder / GRAPH)

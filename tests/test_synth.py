@@ -17,8 +17,8 @@ import pytest
 
 from bridge.blendshapes import ALPHABETICAL_NAMES
 from bridge.model.description import LAM, WAV2ARKIT
-from bridge.model.graph import CHAIN_OPS, count_parameters, find_layernorm_chains
-from bridge.model.synth import (
+from bridge.modeltools.graph import CHAIN_OPS, count_parameters, find_layernorm_chains
+from bridge.modeltools.synth import (
     CONFIGS,
     build_lam,
     build_oracle,

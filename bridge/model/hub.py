@@ -1,4 +1,5 @@
-"""Getting hub models into the bridge's cache, and proving they are intact.
+"""Where a preset's model file is (``locate_model``): built once for synthetic presets, or
+got from the model hub into the bridge's cache and proved intact.
 
 Layout: ``home_dir()/hub/<repo>/<file>`` (files keep their repo-relative
 paths, e.g. ``fp32/model.onnx``), plus per repository
@@ -43,8 +44,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.errors import BridgeError
+from bridge.model.files import file_sha256
 from bridge.model.presets import PRESETS, Preset, home_dir
-from bridge.model.session_cache import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,48 @@ def _require_hub() -> None:
 
 
 # -- layout and manifest ---------------------------------------------------------------------------
+
+
+def hub_path(preset: Preset, file: str) -> Path:
+    """Where ``file`` (repo-relative) of ``preset``'s hub repository lives in the cache."""
+    return home_dir() / "hub" / str(preset.repo) / file
+
+
+def locate_model(preset: Preset, override: str | None = None, *, fetch_missing: bool = False) -> Path:
+    """The graph file to load for ``preset``: ``override`` if given, else the cached or built file.
+
+    Hub files are verified against the sha256 recorded when they were fetched;
+    missing ones are downloaded first when ``fetch_missing`` allows it (and the
+    hub is not in offline mode), otherwise the error says what to put where.
+    """
+    if override is not None:
+        p = Path(override).expanduser()
+        if not p.is_file():
+            raise BridgeError(
+                f"model file not found: {p}; check [model] path / --model, "
+                "or try the pipeline with --model synthetic"
+            )
+        return p
+    if preset.synthetic is not None:
+        return build_synthetic(preset)
+    path = ensure_local(preset, fetch_missing=fetch_missing)
+    if preset.warning:
+        log.warning("model %r: %s", preset.name, preset.warning)
+    return path
+
+
+def build_synthetic(preset: Preset) -> Path:
+    """Build a synthetic preset's model on first use; later runs reuse the file."""
+    assert preset.synthetic is not None
+    family, size, oracle = preset.synthetic
+    path = home_dir() / "synthetic" / f"{preset.name}.onnx"
+    if path.is_file():
+        return path
+    from bridge.modeltools.synth import synthesize
+
+    if size == "full":
+        print(f"building the {preset.name} model once into {path} ...", file=sys.stderr)
+    return synthesize(family, size, path, oracle=oracle)
 
 
 def repo_dir(repo: str) -> Path:
@@ -188,7 +231,7 @@ class FileState:
 
 def _external_locations(graph: Path) -> list[str] | None:
     """External-data files a graph uses (repo-relative names next to it), None if unreadable."""
-    from bridge.model.inspect import MAX_GRAPH_PARSE_BYTES, external_files, load_graph
+    from bridge.model.files import MAX_GRAPH_PARSE_BYTES, external_files, load_graph
 
     try:
         if graph.stat().st_size > MAX_GRAPH_PARSE_BYTES:
@@ -225,7 +268,7 @@ def _data_files(preset: Preset, locations: list[str], source: str) -> list[str]:
     climbs out with ``..`` would make the fetch write (and the runner read)
     anywhere.  Refused here, before any data file is requested.
     """
-    from bridge.model.inspect import location_escapes
+    from bridge.model.files import location_escapes
 
     graph = preset.graph_file
     for loc in locations:

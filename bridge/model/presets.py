@@ -1,23 +1,19 @@
-"""Named models and where their files live.
+"""Named models: plain data.
 
 A preset ties a :class:`ModelDescription` to files: real ones on the model hub
-(looked up in the user's cache) or synthetic ones the bridge builds itself, so
-the whole pipeline can run offline (``--model synthetic``).
+or synthetic ones the bridge builds itself, so the whole pipeline can run
+offline (``--model synthetic``).  Finding, fetching and building the files is
+:mod:`bridge.model.hub`'s job (``locate_model``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import BridgeError
 from bridge.model.description import FAMILIES, LAM, WAV2ARKIT, ModelDescription
-
-log = logging.getLogger(__name__)
-
 
 LAM_REPO = "omote-ai/lam-a2e"
 WAV2ARKIT_REPO = "myned-ai/wav2arkit_cpu"
@@ -118,53 +114,9 @@ def get_preset(name: str) -> Preset:
         ) from None
 
 
-def hub_path(preset: Preset, file: str) -> Path:
-    """Where ``file`` (repo-relative) of ``preset``'s hub repository lives in the cache."""
-    return home_dir() / "hub" / str(preset.repo) / file
-
-
-def locate_model(preset: Preset, override: str | None = None, *, fetch_missing: bool = False) -> Path:
-    """The graph file to load for ``preset``: ``override`` if given, else the cached or built file.
-
-    Hub files are verified against the sha256 recorded when they were fetched;
-    missing ones are downloaded first when ``fetch_missing`` allows it (and the
-    hub is not in offline mode), otherwise the error says what to put where.
-    """
-    if override is not None:
-        p = Path(override).expanduser()
-        if not p.is_file():
-            raise BridgeError(
-                f"model file not found: {p}; check [model] path / --model, "
-                "or try the pipeline with --model synthetic"
-            )
-        return p
-    if preset.synthetic is not None:
-        return build_synthetic(preset)
-    from bridge.model.hub import ensure_local
-
-    path = ensure_local(preset, fetch_missing=fetch_missing)
-    if preset.warning:
-        log.warning("model %r: %s", preset.name, preset.warning)
-    return path
-
-
-def build_synthetic(preset: Preset) -> Path:
-    """Build a synthetic preset's model on first use; later runs reuse the file."""
-    assert preset.synthetic is not None
-    family, size, oracle = preset.synthetic
-    path = home_dir() / "synthetic" / f"{preset.name}.onnx"
-    if path.is_file():
-        return path
-    from bridge.model.synth import synthesize
-
-    if size == "full":
-        print(f"building the {preset.name} model once into {path} ...", file=sys.stderr)
-    return synthesize(family, size, path, oracle=oracle)
-
-
 def description_for(preset: Preset, output_order: tuple[str, ...] | None) -> ModelDescription:
     desc = preset.description
     return desc.with_order(output_order) if output_order is not None else desc
 
 
-__all__ = ["FAMILIES", "PRESETS", "Preset", "get_preset", "hub_path", "locate_model", "home_dir"]
+__all__ = ["FAMILIES", "PRESETS", "Preset", "description_for", "get_preset", "home_dir"]

@@ -9,7 +9,6 @@ the bridge's canonical order.  The hop loop just hands it a window of audio.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +17,11 @@ import numpy as np
 from bridge.blendshapes import NUM_BLENDSHAPES, model_to_canonical
 from bridge.errors import BridgeError
 from bridge.model.description import FAMILIES, ModelDescription
-from bridge.model.inspect import check_model_files
-from bridge.model.session_cache import create_session
+from bridge.model.files import check_model_files
+from bridge.model.session_cache import create_session, session_options
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +55,6 @@ def choose_providers(wanted: tuple[str, ...] | list[str], cuda_graph: bool = Fal
     if cuda_graph:
         return [(p, {"enable_cuda_graph": "1"}) if p == "CUDAExecutionProvider" else p for p in chosen]
     return chosen
-
-
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    """The runner's session options (also what its optimised-graph cache entries are made with)."""
-    import onnxruntime as ort
-
-    cores = os.cpu_count() or 1
-    if not 0 <= threads <= 4 * cores:  # ORT would try to start them all (config.py bounds this too)
-        raise BridgeError(f"model threads = {threads}: allowed 0..{4 * cores} (4 x the {cores} cores here)")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or cores
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning worker threads steal the core the audio callback needs (models.md).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return opts
 
 
 class ModelRunner:

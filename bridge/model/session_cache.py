@@ -43,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge.errors import BridgeError
+from bridge.model.files import file_sha256, forget_hashes
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
@@ -52,41 +55,6 @@ _META = "meta.json"
 
 
 # -- hashing ---------------------------------------------------------------------------------------
-
-_hash_memo: dict[tuple[int, int, int, int, int], str] = {}
-_hash_lock = threading.Lock()
-
-
-def file_sha256(path: str | Path, chunk: int = 4 << 20) -> str:
-    """sha256 of a file, remembered per process by (device, inode, size, mtime, ctime).
-
-    Model files are hundreds of MB: the runner and the hub check each hash it
-    once per process, not once per use.  ctime is part of the key because any
-    write changes it, even one that puts mtime back.
-    """
-    p = Path(path)
-    st = p.stat()
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _hash_lock:
-        if key in _hash_memo:
-            return _hash_memo[key]
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    digest = h.hexdigest()
-    with _hash_lock:
-        _hash_memo[key] = digest
-    return digest
-
-
-def forget_hashes() -> None:
-    """Drop the per-process hash memo (tests that rewrite files in place within one mtime tick)."""
-    with _hash_lock:
-        _hash_memo.clear()
-
 
 _MEMO_FILE = "hashes.json"
 _MEMO_MAX = 256
@@ -113,7 +81,7 @@ def _cached_sha256(p: Path, memo: dict[str, str]) -> str:
 
 def model_digest(path: str | Path, memo: dict[str, str] | None = None) -> str:
     """sha256 over the graph file and every external-data file it uses."""
-    from bridge.model.inspect import check_model_files
+    from bridge.model.files import check_model_files
 
     p = Path(path)
     memo = {} if memo is None else memo
@@ -375,6 +343,23 @@ def _entry(path: Path, make_options: Callable[[], Any], providers: list[str],
     return key_doc, base / key
 
 
+def session_options(threads: int = 0) -> Any:
+    """The runner's session options (also what its optimised-graph cache entries are made with)."""
+    import onnxruntime as ort
+
+    cores = os.cpu_count() or 1
+    if not 0 <= threads <= 4 * cores:  # ORT would try to start them all (config.py bounds this too)
+        raise BridgeError(f"model threads = {threads}: allowed 0..{4 * cores} (4 x the {cores} cores here)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or cores
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning worker threads steal the core the audio callback needs (models.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
 def create_session(
     path: str | Path,
     make_options: Callable[[], Any],
@@ -525,14 +510,13 @@ def _mark(marker: Path, reason: str) -> None:
 
 def cache_entry_for(path: str | Path, providers: list[str], threads: int = 0) -> Path:
     """The cache entry folder the runner would use for ``path`` (it may not exist)."""
-    from bridge.model.runner import session_options
 
     return _entry(Path(path), lambda: session_options(threads), providers, remember=False)[1]
 
 
 def forget_model(path: str | Path, providers: list[str], threads: int = 0) -> None:
     """Drop ``path``'s cache entry and remembered hashes: its next start is a true first start."""
-    from bridge.model.inspect import check_model_files
+    from bridge.model.files import check_model_files
 
     _remove(cache_entry_for(path, providers, threads))
     base = cache_root()
@@ -549,7 +533,6 @@ def measure_start(
 ) -> dict[str, Any]:
     """One session start with the runner's options, as numbers (``models start-time`` runs it
     in a fresh process per start, so nothing is warm but the OS page cache)."""
-    from bridge.model.runner import session_options
 
     start = create_session(path, lambda: session_options(threads), providers, use_cache=use_cache)
     return {
@@ -577,4 +560,4 @@ def clear_cache(root: Path | None = None) -> int:
     return n
 
 
-__all__ = ["PeakRss", "SessionStart", "clear_cache", "create_session", "file_sha256", "model_digest"]
+__all__ = ["PeakRss", "SessionStart", "clear_cache", "create_session", "model_digest"]

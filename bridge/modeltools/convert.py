@@ -1,7 +1,7 @@
 """fp32 -> fp16 conversion of ONNX models: *surgical* (LayerNorm chains kept fp32) and *naive*.
 
 The seed card's point: LAM has no LayerNormalization op -- all 32 LayerNorms
-are the opset-14 9-op chain (:mod:`bridge.model.graph`) -- so a converter's
+are the opset-14 9-op chain (:mod:`bridge.modeltools.graph`) -- so a converter's
 ``op_block_list=["LayerNormalization"]`` matches nothing and every
 mean/variance/divide runs in fp16, which subdues the output.  The surgical
 conversion keeps exactly those chains (their 9 ops, gamma/beta, eps and the
@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bridge.errors import BridgeError
-from bridge.model.graph import constant_value
+from bridge.modeltools.graph import constant_value
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def convert_fp16(model: onnx.ModelProto, mode: Mode = "surgical",
     ``surgical`` raises a BridgeError when the graph has no decomposed
     LayerNorm chain (there would be nothing to keep: use ``naive``).
     """
-    from bridge.model.graph import find_layernorm_chains
+    from bridge.modeltools.graph import find_layernorm_chains
 
     if mode not in ("surgical", "naive"):
         raise BridgeError(f"unknown fp16 mode {mode!r}; allowed: surgical, naive")
@@ -345,8 +345,8 @@ def convert_fp16(model: onnx.ModelProto, mode: Mode = "surgical",
 
 def convert_file(src: str | Path, dst: str | Path, mode: Mode = "surgical") -> ConvertReport:
     """Convert the model at ``src`` and write ``dst`` + ``dst.data`` (atomically)."""
-    from bridge.model.inspect import check_model_files
-    from bridge.model.synth import save_model
+    from bridge.model.files import check_model_files
+    from bridge.modeltools.synth import save_model
 
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():

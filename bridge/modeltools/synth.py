@@ -9,7 +9,7 @@ writes its own graphs, node by node:
   12 post-LN transformer layers, LAM decoder).  ``full`` is for timing and
   memory figures; ``tiny`` has the same topology with tiny dimensions, for tests.
   Every LayerNorm is the decomposed opset-14 9-op chain the real export has, so
-  the surgical fp16 converter can be tested on them (:mod:`bridge.model.graph`).
+  the surgical fp16 converter can be tested on them (:mod:`bridge.modeltools.graph`).
 * :func:`build_oracle` -- a model whose every output value is known in closed
   form (:func:`oracle_value`), for tests that prove frame alignment and the
   by-name mapping of blendshape channels end to end.

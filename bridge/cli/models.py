@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from bridge.cli import friendly
+from bridge.cli.common import friendly
 from bridge.errors import BridgeError
 
 #: ONNX Runtime starts every thread it is given: more than 4 per core only starves the machine.
@@ -29,7 +29,8 @@ def _providers(text: str) -> list[str]:
 
 def _model_path(arg: str) -> Path:
     """A path, or a preset name whose files are in the cache (built ones are built)."""
-    from bridge.model.presets import PRESETS, locate_model
+    from bridge.model.hub import locate_model
+    from bridge.model.presets import PRESETS
 
     if arg in PRESETS and not Path(arg).exists():
         return locate_model(PRESETS[arg])
@@ -70,8 +71,8 @@ def models() -> None:
 @friendly
 def models_synth(kind: str, size: str, oracle: bool, out: str, seed: int) -> None:
     """Build a synthetic model with the real model's interface (no download needed)."""
-    from bridge.model.graph import count_parameters, find_layernorm_chains
-    from bridge.model.synth import synthesize
+    from bridge.modeltools.graph import count_parameters, find_layernorm_chains
+    from bridge.modeltools.synth import synthesize
 
     click.echo(f"building {'oracle ' if oracle else ''}{kind} ({size}) ...", err=True)
     path = synthesize(kind, size, out, oracle=oracle, seed=seed)
@@ -119,8 +120,8 @@ def models_fetch(presets: tuple[str, ...], force: bool, retries: int, quiet: boo
 @friendly
 def models_list(verify: bool, as_json: bool) -> None:
     """Presets, what is cached, sizes and verification state."""
+    from bridge.model.files import file_size
     from bridge.model.hub import preset_state
-    from bridge.model.inspect import file_size
     from bridge.model.presets import PRESETS, home_dir
     from bridge.model.session_cache import cache_root
 
@@ -188,7 +189,7 @@ def models_info(model: str, as_json: bool) -> None:
     """Inputs, outputs, opset, external data, parameters, LayerNorm chains, weight precision."""
     from dataclasses import asdict
 
-    from bridge.model.inspect import format_info, inspect_model
+    from bridge.modeltools.inspect import format_info, inspect_model
 
     info = inspect_model(_model_path(model))
     if as_json:
@@ -205,8 +206,8 @@ def models_info(model: str, as_json: bool) -> None:
 @friendly
 def models_convert(mode: str, src: str, dst: str) -> None:
     """Convert an fp32 ONNX model to fp16; OUT gets its weights in OUT.data."""
-    from bridge.model.convert import convert_file
-    from bridge.model.inspect import file_size
+    from bridge.model.files import file_size
+    from bridge.modeltools.convert import convert_file
 
     click.echo(f"converting {src} ({mode} fp16) ...", err=True)
     report = convert_file(src, dst, mode)  # type: ignore[arg-type]
@@ -225,7 +226,7 @@ def models_convert(mode: str, src: str, dst: str) -> None:
 def models_compare(reference: str, candidates: tuple[str, ...], audio: tuple[str, ...], providers: str,
                    threads: int, json_path: str | None) -> None:  # fmt: skip
     """Cosine similarity and magnitude ratio of each CANDIDATE's outputs against REF's."""
-    from bridge.model.compare import as_json, compare_models, format_table, write_json
+    from bridge.modeltools.compare import as_json, compare_models, format_table, write_json
 
     ref, comps, probes = compare_models(
         _model_path(reference), [_model_path(c) for c in candidates], providers=_providers(providers),
@@ -261,8 +262,8 @@ def models_quality_table(
     json_path: str | None,
 ) -> None:
     """Reproduce the seed card's quantisation table on the synthetic LAM: fp16 and int8 vs fp32."""
-    from bridge.model.compare import quality_table, write_json
     from bridge.model.presets import home_dir
+    from bridge.modeltools.compare import quality_table, write_json
 
     work = Path(workdir) if workdir else home_dir() / "quality" / f"{size}-seed{seed}"
     table, doc = quality_table(

@@ -107,7 +107,7 @@ def open_model(path: str | Path, providers: list[str], threads: int = 0) -> Load
     import onnxruntime as ort
 
     from bridge.model.description import FAMILIES
-    from bridge.model.inspect import check_model_files
+    from bridge.model.files import check_model_files
     from bridge.model.runner import choose_providers
 
     p = Path(path)
@@ -211,7 +211,7 @@ class Comparison:
 
 def compare_outputs(label: str, ref: Loaded, cand: Loaded, ref_out: list[dict[str, np.ndarray]],
                     cand_out: list[dict[str, np.ndarray]], probes: list[Probe]) -> Comparison:  # fmt: skip
-    from bridge.model.inspect import file_size
+    from bridge.model.files import file_size
 
     shared = [o for o in ref.outputs if o in cand.outputs]
     stats = []
@@ -263,7 +263,7 @@ def _range(lo: float, hi: float, digits: int) -> str:
 
 def format_table(ref: Loaded, comparisons: list[Comparison], probes: list[Probe]) -> str:
     """A Markdown table like the seed card's "Quantization Results", one row per candidate x output."""
-    from bridge.model.inspect import file_size
+    from bridge.model.files import file_size
 
     lines = [
         f"reference: {ref.path} ({file_size(ref.path) / 2**20:.1f} MiB) on {ref.provider}; "
@@ -326,7 +326,7 @@ def _quantize(src: Path, dst: Path, options: dict[str, Any]) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from bridge.model.graph import find_layernorm_chains
+    from bridge.modeltools.graph import find_layernorm_chains
 
     kw = dict(options)
     if kw.pop("exclude_layernorm", False):
@@ -354,8 +354,8 @@ def _quantize(src: Path, dst: Path, options: dict[str, Any]) -> None:
 def build_quality_models(size: str, workdir: Path, strategies: list[str], seed: int = 0,
                          say: Any = print) -> dict[str, Path]:  # fmt: skip
     """fp32 synthetic LAM + its surgical fp16, naive fp16 and int8 variants under ``workdir``."""
-    from bridge.model.convert import convert_file
-    from bridge.model.synth import synthesize
+    from bridge.modeltools.convert import convert_file
+    from bridge.modeltools.synth import synthesize
 
     fp32 = workdir / "fp32" / "model.onnx"
     if not fp32.is_file():
@@ -394,7 +394,7 @@ def quality_table(size: str, providers: list[str], workdir: Path, *, strategies:
     import onnx
     import onnxruntime as ort
 
-    from bridge.model.graph import find_layernorm_chains
+    from bridge.modeltools.graph import find_layernorm_chains
 
     chosen = strategies or ALL_STRATEGIES
     unknown = [s for s in chosen if s not in ALL_STRATEGIES]

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import numpy as np
 
-from bridge.cli import _setup_logging, apply_overrides, check_writable, friendly
+from bridge.cli.common import apply_overrides, check_writable, friendly, setup_logging
 from bridge.config import load_config
 from bridge.errors import BridgeError
 from bridge.frame import FPS
@@ -136,7 +136,7 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
     )  # fmt: skip
     from bridge.pipeline import load_model
 
-    _setup_logging(False)
+    setup_logging(False)
     if not (out or plot_path or compare_streaming):
         raise BridgeError("nothing to do: give -o OUT.csv|.json|.npy, --plot OUT.png or --compare-streaming")
     if out and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
@@ -248,7 +248,7 @@ def calibrate(seconds: float, device: str | None, input_file: str | None, config
     from bridge.offline import MAIN_CHANNELS
     from bridge.post.calibration import CalibrationData, save_calibration
 
-    _setup_logging(False)
+    setup_logging(False)
     if Path(out).suffix.lower() not in (".toml", ".json"):
         raise BridgeError(f"-o {out}: use a .toml or .json name")
     if offline_path and not input_file:
@@ -316,9 +316,3 @@ def _record_offline(cfg: Any, path: str, seconds: float) -> tuple[np.ndarray, np
                  audio.source_channels, n / 16000, audio.path)  # fmt: skip
     r = render(cfg, clip, raw=True)
     return r.raw, r.rms, r.model
-
-
-def register(group: click.Group) -> None:
-    """Add ``offline`` and ``calibrate`` to the top-level command group."""
-    group.add_command(offline)
-    group.add_command(calibrate)

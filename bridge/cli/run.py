@@ -1,0 +1,109 @@
+"""``a2e-bridge run`` (the live bridge) and ``a2e-bridge devices``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from bridge import interrupt
+from bridge.cli.common import apply_overrides, check_writable, friendly, log, setup_logging, write_json
+from bridge.config import load_config
+
+
+def _interrupted_stats(e: interrupt.Interrupted, phase: str, bridge: Any) -> dict[str, Any]:
+    interrupted = {"signal": e.name, "phase": phase}
+    if bridge is not None and phase == "run":
+        return {**bridge.stats.as_dict(), "interrupted": interrupted}
+    # Nothing ran; plain values only (numpy may be the import the signal cut short).
+    return {"frames_published": 0, "frames_expected": 0, "frames_dropped": 0, "interrupted": interrupted}
+
+
+def _stopped_early(e: interrupt.Interrupted, phase: str, bridge: Any, stats_path: str | None) -> None:
+    """A signal before the run (or a second one during it): one line, ``--stats``, exit 128 + n."""
+    where = {"start": "while starting", "load": "while loading the model", "run": "during the run"}[phase]
+    with interrupt.exiting():
+        interrupt.say(f"a2e-bridge: stopped by {e.name} {where}")
+        if stats_path:
+            write_json(stats_path, _interrupted_stats(e, phase, bridge))
+    sys.exit(e.exit_code)
+
+
+@click.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (default: built-in defaults, see configs/default.toml)",
+)
+@click.option("--input", "input_file", metavar="FILE", help="read audio from FILE instead of a device")
+@click.option("--device", metavar="NAME", help="capture from this input device (name or index)")
+@click.option("--model", metavar="PRESET|PATH", help="model preset (e.g. synthetic) or .onnx path")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="stop after this many seconds of audio",
+)
+@click.option("--raw", is_flag=True, help="bypass all post-processing")
+@click.option("--fast", is_flag=True, help="file input: as fast as possible, not real time")
+@click.option("--stats", "stats_path", metavar="FILE", help="write a JSON summary here on exit")
+@click.option("-v", "--verbose", is_flag=True)
+@friendly(arm=False)
+def run(config_path: str | None, input_file: str | None, device: str | None, model: str | None,
+        duration: float | None, raw: bool, fast: bool, stats_path: str | None,
+        verbose: bool) -> None:  # fmt: skip
+    """Run the bridge until the input ends, --duration passes, or Ctrl-C."""
+    setup_logging(verbose)
+    if not interrupt.installed():  # entered other than through bridge/__main__.py
+        interrupt.install()
+    phase, bridge = "start", None
+
+    def last_words(e: interrupt.Interrupted) -> None:  # the watchdog's, if this thread gets stuck
+        if stats_path:
+            write_json(stats_path, _interrupted_stats(e, phase, bridge))
+
+    interrupt.last_words(last_words)
+    try:
+        interrupt.arm()  # a signal during the imports stops here, with --stats
+        if stats_path:
+            check_writable(stats_path, "--stats")
+        from bridge.pipeline import Bridge
+
+        cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device,
+                              model=model, realtime=False if fast else None)  # fmt: skip
+        phase = "load"
+        bridge = Bridge(cfg, raw=raw, duration=duration)
+        interrupt.check()  # in case a library swallowed the signal while loading
+        phase = "run"
+        log.info("%s", bridge.describe())
+        stats = bridge.run(interrupt.defer()).as_dict()  # a signal now ends the run at a hop
+    except interrupt.Interrupted as e:
+        _stopped_early(e, phase, bridge, stats_path)
+        raise  # not reached
+    finally:
+        if bridge is not None:
+            bridge.close()
+    stopped_by = interrupt.received()
+    if stopped_by:
+        stats["stopped_by"] = stopped_by
+    log.info(
+        "published %d of %d frames (%d dropped); latency p50 %s ms, p99 %s ms%s",
+        stats["frames_published"], stats["frames_expected"], stats["frames_dropped"],
+        stats["latency_ms"]["p50"], stats["latency_ms"]["p99"],
+        f"; stopped by {stopped_by}" if stopped_by else "",
+    )  # fmt: skip
+    if stats_path:
+        with interrupt.exiting():
+            write_json(stats_path, stats)
+
+
+@click.command()
+@friendly
+def devices() -> None:
+    """List audio input devices with their rates and channel counts."""
+    from bridge.sources.device import describe_devices
+
+    click.echo(describe_devices())
