@@ -164,7 +164,7 @@ BOUNDS: dict[str, Bound] = {
 
 def _out_of_bounds(key: str, value: Any) -> str | None:
     """What in ``value`` (a number, or the numbers of a list or table) is outside its range."""
-    bound = BOUNDS.get(re.sub(r"\[\d+\]", "", key))
+    bound = BOUNDS.get(re.sub(r"\[\d+\]", "", re.sub(r"^performer\[[^\]]*\]\.", "", key)))
     if bound is None:
         return None
     allowed = f"allowed: {bound.text()}"
@@ -459,6 +459,9 @@ class OutputConfig:
         None, doc="vrchat: VRChat's OSC folder (default: this OS's, e.g. %LOCALAPPDATA%Low/VRChat/VRChat/OSC)"
     )
     mirror: bool = _opt(False, doc="swap every Left/Right value")
+    performers: list[str] | None = _opt(
+        None, doc="the performers this output serves, by name (default: all; kinds without a subject: one)"
+    )
 
     @property
     def resolved_listen_port(self) -> tuple[int, bool]:
@@ -480,15 +483,42 @@ class OutputConfig:
 
 
 _KIND_FIELDS = {
-    "livelink": {"kind", "host", "port", "subject", "device_id", "mirror"},
-    "osc": {"kind", "host", "port", "scheme", "speech", "mirror"},
-    "zmq": {"kind", "endpoint", "subject", "device_id", "format", "topic", "mirror"},
+    "livelink": {"kind", "host", "port", "subject", "device_id", "mirror", "performers"},
+    "osc": {"kind", "host", "port", "scheme", "speech", "mirror", "performers"},
+    "zmq": {"kind", "endpoint", "subject", "device_id", "format", "topic", "mirror", "performers"},
     "vrchat": {"kind", "host", "port", "names", "prefix", "parameters", "rename", "bundle", "listen_port",
-               "avatar_config", "osc_folder", "mirror"},
-    "ifacialmocap": {"kind", "host", "port", "listen_port", "reply_port", "request_timeout_s", "mirror"},
+               "avatar_config", "osc_folder", "mirror", "performers"},
+    "ifacialmocap": {"kind", "host", "port", "listen_port", "reply_port", "request_timeout_s", "mirror",
+                     "performers"},
     "console": {"kind", "host", "port", "transport", "framing", "channels", "rename", "address", "range",
-                "value_type", "send_on_change", "threshold", "keepalive_s", "bundle", "mirror"},
+                "value_type", "send_on_change", "threshold", "keepalive_s", "bundle", "mirror", "performers"},
 }  # fmt: skip
+
+
+#: Output kinds whose receivers know no subject: each serves exactly one performer.
+SINGLE_PERFORMER_KINDS = ("vrchat", "ifacialmocap", "console")
+#: The name of the one performer a config without ``[[performer]]`` describes.
+DEFAULT_PERFORMER = "main"
+
+
+@dataclass(frozen=True, slots=True)
+class PerformerConfig:
+    """One voice driving one face: its input, its subject, its identity and post-processing.
+
+    ``subject`` None (only for the one performer of a config without ``[[performer]]``)
+    leaves each output's own ``subject`` key in charge, as before performers existed.
+    """
+
+    name: str = DEFAULT_PERFORMER
+    subject: str | None = None
+    identity: int | None = None  #: LAM identity; None = ``[model] identity``
+    input: InputConfig = field(default_factory=InputConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+
+
+def subjectless(out: OutputConfig) -> bool:
+    """Whether ``out``'s receivers know no subject (VMC, VRChat, iFacialMocap, console OSC)."""
+    return out.kind in SINGLE_PERFORMER_KINDS or (out.kind == "osc" and out.scheme == "vmc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,10 +534,26 @@ class BridgeConfig:
         OutputConfig(kind="osc", port=DEFAULT_PORTS["osc"]),
         OutputConfig(kind="zmq"),
     )
+    #: empty: one performer made of ``input`` and ``post`` (see :attr:`cast`)
+    performers: tuple[PerformerConfig, ...] = ()
     source: str = "<defaults>"
 
     def replace(self, **changes: Any) -> BridgeConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def cast(self) -> tuple[PerformerConfig, ...]:
+        """Every performer: the ``[[performer]]`` entries, or the one ``[input]`` describes."""
+        if self.performers:
+            return self.performers
+        return (PerformerConfig(input=self.input, post=self.post),)
+
+    def served_by(self, out: OutputConfig) -> tuple[PerformerConfig, ...]:
+        """The performers ``out`` sends frames of."""
+        cast = self.cast
+        if out.performers is None:
+            return cast
+        return tuple(p for p in cast if p.name in out.performers)
 
 
 _SECTIONS = {"input": InputConfig, "model": ModelConfig, "schedule": ScheduleConfig,
@@ -538,7 +584,7 @@ def load_config(path: str | Path | None) -> BridgeConfig:
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> BridgeConfig:
     """Validate a TOML document (already parsed) into a :class:`BridgeConfig`."""
-    known = [*_SECTIONS, "output"]
+    known = [*_SECTIONS, "output", "performer"]
     _refuse_unknown(data, known, source, "")
     parts: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
@@ -551,7 +597,119 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> BridgeConfig
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise BridgeError(f"{source}: outputs are written as [[output]] tables")
         parts["outputs"] = tuple(_build_output(o, source, i) for i, o in enumerate(outputs))
-    return BridgeConfig(**parts, source=source)
+    performers = data.get("performer")
+    if performers is not None:
+        if not isinstance(performers, list) or not all(isinstance(p, dict) for p in performers):
+            raise BridgeError(f"{source}: performers are written as [[performer]] tables")
+        parts["performers"] = _build_performers(performers, data, source)
+    cfg = BridgeConfig(**parts, source=source)
+    _check_outputs_serve(cfg)
+    return cfg
+
+
+_PERFORMER_KEYS = ["name", "subject", "identity", "input", "post"]
+
+
+def _merged(base: Any, over: Any) -> dict[str, Any]:
+    """``over`` on top of ``base``, nested tables merged key by key (``[performer.post.gate]``)."""
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in (over or {}).items():
+        out[key] = _merged(out.get(key), value) if isinstance(value, dict) else value
+    return out
+
+
+def _build_performers(
+    tables: list[dict[str, Any]], data: dict[str, Any], source: str
+) -> tuple[PerformerConfig, ...]:
+    """``[[performer]]`` entries; each ``input``/``post`` table is laid over ``[input]``/``[post]``."""
+    out: list[PerformerConfig] = []
+    for i, table in enumerate(tables):
+        name = table.get("name")
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise BridgeError(
+                f"{source}: performer[{i}].name = {name!r}: every performer needs a name "
+                "(a word without '/', used in control addresses), e.g. name = \"alice\""
+            )
+        where = f"performer[{name}]"
+        for key in table:
+            for sub, cls in (("input", InputConfig), ("post", PostConfig)):
+                if key not in _PERFORMER_KEYS and key in {f.name for f in dataclasses.fields(cls)}:
+                    raise BridgeError(f"{source}: {where}.{key}: {key} belongs in the performer's {sub} "
+                                      f"table: {sub} = {{ {key} = {table[key]!r} }}")  # fmt: skip
+        _refuse_unknown(table, _PERFORMER_KEYS, source, where + ".")
+        if any(p.name == name for p in out):
+            raise BridgeError(f"{source}: two performers are named {name!r}; names must be unique")
+        subject = table.get("subject", name)
+        if not isinstance(subject, str) or not subject:
+            raise BridgeError(f"{source}: {where}.subject = {subject!r} must be a non-empty string")
+        identity = table.get("identity")
+        if identity is not None and (type(identity) is not int or _identity(identity)):
+            raise BridgeError(f"{source}: {where}.identity = {identity!r} must be an identity index 0..11 "
+                              "(0 = neutral)")  # fmt: skip
+        for key in ("input", "post"):
+            if key in table and not isinstance(table[key], dict):
+                raise BridgeError(f"{source}: [{where}.{key}] must be a table")
+        inp = _merged(data.get("input"), table.get("input"))
+        post = _merged(data.get("post"), table.get("post"))
+        inp_cfg = _build_table(InputConfig, inp, source, f"{where}.input")
+        post_cfg = _build_table(PostConfig, post, source, f"{where}.post")
+        out.append(PerformerConfig(name, subject, identity, inp_cfg, post_cfg))
+    _check_shared_devices(out, source)
+    return tuple(out)
+
+
+#: Input keys that performers capturing from one device must agree on (one stream serves them all).
+_SHARED_INPUT_KEYS = ("samplerate", "blocksize", "ring_seconds", "realtime")
+
+
+def _capture_key(inp: InputConfig) -> tuple[Any, ...]:
+    """Performers with equal keys share one capture stream (one device, or one file)."""
+    return (inp.kind, inp.device if inp.kind == "device" else inp.file)
+
+
+def _check_shared_devices(performers: list[PerformerConfig], source: str) -> None:
+    """Performers on one device share its stream: they must agree on how it is opened, and
+    take different channels."""
+    groups: dict[tuple[Any, ...], list[PerformerConfig]] = {}
+    for p in performers:
+        groups.setdefault(_capture_key(p.input), []).append(p)
+    for members in groups.values():
+        first = members[0]
+        for p in members[1:]:
+            for key in _SHARED_INPUT_KEYS:
+                a, b = getattr(first.input, key), getattr(p.input, key)
+                if a != b:
+                    raise BridgeError(
+                        f"{source}: performers {first.name!r} and {p.name!r} share one input but set "
+                        f"input.{key} to {a!r} and {b!r}; one stream serves both: give them the same value"
+                    )
+            other = next((q for q in members if q is not p and q.input.channel == p.input.channel), None)
+            if other is not None and len(members) > 1:
+                raise BridgeError(
+                    f"{source}: performers {other.name!r} and {p.name!r} both take channel "
+                    f"{p.input.channel!r} of one input; give each performer its own input.channel"
+                )
+
+
+def _check_outputs_serve(cfg: BridgeConfig) -> None:
+    """Every ``performers`` name exists; outputs whose receivers know no subject serve one."""
+    names = [p.name for p in cfg.cast]
+    for i, out in enumerate(cfg.outputs):
+        where = f"{cfg.source}: output[{i}] ({out.kind})"
+        for name in out.performers or ():
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise BridgeError(f"{where}.performers names {name!r}, who is not a performer{hint} "
+                                  f"(performers: {', '.join(names)})")  # fmt: skip
+        served = cfg.served_by(out)
+        if not served:
+            raise BridgeError(f"{where}.performers = [] serves nobody; name one of: {', '.join(names)}")
+        if subjectless(out) and len(served) > 1:
+            raise BridgeError(
+                f"{where} serves {len(served)} performers, but its receivers know no subject: "
+                f'it takes exactly one; add performers = ["{served[0].name}"] (one output per performer)'
+            )
 
 
 def _build_output(table: dict[str, Any], source: str, index: int) -> OutputConfig:

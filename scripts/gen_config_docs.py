@@ -30,6 +30,52 @@ Outputs are a list of `[[output]]` tables; each `kind` accepts only its own keys
 """
 
 
+PERFORMERS = """
+## `[[performer]]`: several voices, several faces
+
+Without `[[performer]]` the bridge has one performer, `main`, made of `[input]` and `[post]`,
+and each output uses its own `subject`. With them, each entry is one performer:
+
+| key | type | default | meaning |
+|---|---|---|---|
+| `name` | string | (required) | unique; names it in `output.performers`, logs, control addresses |
+| `subject` | string | the name | the Live Link subject and the subject of every other output's frames |
+| `identity` | integer | `model.identity` | LAM identity index 0..11 (0 = neutral) |
+| `input` | table | `[input]` | the performer's input: any `[input]` key, laid over `[input]` |
+| `post` | table | `[post]` | its post-processing: any `[post]` key (nested too), laid over `[post]` |
+
+Performers with the same input (`kind = "device"` and the same `device`, or the same `file`)
+share one capture stream: one PortAudio stream, one ring, each performer its `channel`; they
+must agree on `samplerate`, `blocksize`, `ring_seconds` and `realtime`, and take different
+channels. Every output serves every performer unless `performers = ["name", ...]` restricts
+it; outputs whose receivers know no subject (`osc` with `scheme = "vmc"`, `vrchat`,
+`ifacialmocap`, `console`) take exactly one.
+
+```toml
+[input]
+kind = "device"
+device = "Scarlett"
+
+[[performer]]
+name = "alice"
+input = { channel = 0 }
+
+[[performer]]
+name = "bob"
+identity = 3
+input = { channel = 1 }
+post = { smoothing = { kind = "ema", alpha = 0.5 } }
+
+[[output]]
+kind = "livelink"          # both subjects, alice and bob, on one port
+
+[[output]]
+kind = "vrchat"
+performers = ["alice"]     # VRChat knows no subject: one performer
+```
+"""
+
+
 def render() -> str:
     lines = [HEADER]
     section = None
@@ -48,6 +94,7 @@ def render() -> str:
         if table == "output":
             row += " " + ", ".join(k for k, keys in _KIND_FIELDS.items() if name in keys) + " |"
         lines.append(row + "\n")
+    lines.append(PERFORMERS)
     return "".join(lines)
 
 
