@@ -230,6 +230,8 @@ class ModelRunner:
         self._staging: np.ndarray | None = None
         if bind_device is not None:
             self._prepare_slots(batch_slots)
+        #: Seconds each batch size's warm-up took (with CUDA graphs: its runs and its capture).
+        self.warmup_seconds_by_batch: dict[int, float] = {}
         t0 = time.perf_counter()
         self.warmup()
         #: Seconds the warm-up took (on CUDA with graphs: capturing every graph).
@@ -521,7 +523,9 @@ class ModelRunner:
         graphs = self.cuda_graph and not self.fixed_batch
         # Largest first: the arena grows once, the smaller graphs' buffers fit in what it has.
         for b in reversed(self.batch_sizes) if graphs else (1,):
+            t0 = time.perf_counter()
             for _ in range(max(runs, 3) if self.cuda_graph else runs):
                 self.infer_batch(zeros[:b])
+            self.warmup_seconds_by_batch[b] = time.perf_counter() - t0
         if not graphs and self.max_batch > 1 and not self.fixed_batch:
             self.infer_batch(zeros)  # the full batch's allocations too
