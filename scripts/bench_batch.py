@@ -8,7 +8,7 @@ window, one runner prepared for ``max(batches + padded)`` windows: its start (se
 warm-up, and on CUDA the capture of one graph per bucket size 1, 2, 4, ..., max), then
 p50/p99 per call for each batch size, and µs per stream-hop (p50 / B).  Sizes in
 ``--padded`` are not bucket sizes: they run padded up to the next bucket.  ``--each N``
-(first precision and window only) starts a runner with one graph per size 1..N, for the
+(first precision and window, after all the others) starts a runner with one graph per size 1..N, for the
 start time and exact-size cost of that choice; on CUDA a runner without graphs is timed
 too.  Checks on the way: every batched row equals the same window run alone, and graphs
 agree with the uncaptured run.  The JSON is rewritten after every step, so a run cut
@@ -179,6 +179,7 @@ def main() -> int:
 
     rng = np.random.default_rng(0)
     first = True
+    extra: tuple = ()
     for precision in args.precisions:
         for window_s in args.windows:
             label = f"{precision} window {window_s:g} s"
@@ -230,58 +231,65 @@ def main() -> int:
                     cfg[f"padded_{pad}_rows_vs_alone_max_abs"] = row_check(runner, windows, ids, min(pad, 8))
                 print(f"  rows vs alone: max |diff| {cfg['rows_vs_alone_max_abs']:.2e}", flush=True)
                 save()
-            if first and cuda and not over_budget(f"{label} uncaptured"):
-                reference = runner.infer_batch(windows[:8], ids[:8]).copy()
-                del runner
-                gc.collect()
-                t0 = time.perf_counter()
-                plain = ModelRunner(paths[precision], LAM, providers=providers, threads=args.threads,
-                                    window_samples=w, cache_optimized=False, cuda_graph=False,
-                                    max_batch=max_batch)  # fmt: skip
-                unc: dict[str, Any] = {"start_s": round(time.perf_counter() - t0, 2), "calls": []}
-                unc["graph_vs_uncaptured_max_abs"] = float(
-                    np.abs(plain.infer_batch(windows[:8], ids[:8]) - reference).max()
-                )
-                cfg["uncaptured"] = unc
-                for b in sorted(args.batches):
-                    if over_budget(f"{label} uncaptured B={b}"):
-                        break
-                    res = per_call(plain, windows, ids, b, args.seconds / 2)
-                    unc["calls"].append(res)
-                    show("uncaptured", res)
-                    save()
-                del plain
-                gc.collect()
-            else:
-                del runner
-                gc.collect()
-            if first and args.each > 0 and not over_budget(f"{label} each 1..{args.each}"):
-                t0 = time.perf_counter()
-                each = ModelRunner(paths[precision], LAM, providers=providers, threads=args.threads,
-                                   window_samples=w, cache_optimized=False, cuda_graph=cuda,
-                                   max_batch=args.each, batch_slots="each")  # fmt: skip
-                ev: dict[str, Any] = {
-                    "max_batch": args.each,
-                    "graphs": len(each.batch_sizes),
-                    "start_s": round(time.perf_counter() - t0, 2),
-                    "warmup_s": round(each.warmup_seconds, 2),
-                    "gpu_memory_used_mib": gpu_memory_used_mib() if cuda else None,
-                    "calls": [],
-                }
-                print(f"  each 1..{args.each}: start {ev['start_s']} s (warm-up/capture {ev['warmup_s']} s)",
-                      flush=True)  # fmt: skip
-                for b in sorted({b for b in args.padded + args.batches if b <= args.each}):
-                    if over_budget(f"{label} each B={b}"):
-                        break
-                    res = per_call(each, windows, ids, b, args.seconds)
-                    ev["calls"].append(res)
-                    show("each", res)
-                    save()
-                cfg["each"] = ev
-                del each
-                gc.collect()
-                save()
+            if first:  # the extras below run on this configuration, after all the others
+                n8 = min(8, max_batch)
+                reference = runner.infer_batch(windows[:n8], ids[:n8]).copy()
+                extra = (cfg, paths[precision], w, windows, ids, reference)
+            del runner
+            gc.collect()
             first = False
+    if not first:
+        cfg, path, w, windows, ids, reference = extra
+        label = f"{cfg['precision']} window {cfg['window_s']:g} s"
+        if cuda and not over_budget(f"{label} uncaptured"):
+            t0 = time.perf_counter()
+            plain = ModelRunner(path, LAM, providers=providers, threads=args.threads, window_samples=w,
+                                cache_optimized=False, cuda_graph=False, max_batch=max_batch)  # fmt: skip
+            unc: dict[str, Any] = {"start_s": round(time.perf_counter() - t0, 2), "calls": []}
+            n8 = reference.shape[0]
+            unc["graph_vs_uncaptured_max_abs"] = float(
+                np.abs(plain.infer_batch(windows[:n8], ids[:n8]) - reference).max()
+            )
+            cfg["uncaptured"] = unc
+            print(f"{label}, no CUDA graph: start {unc['start_s']} s; graph vs uncaptured max |diff| "
+                  f"{unc['graph_vs_uncaptured_max_abs']:.2e}", flush=True)  # fmt: skip
+            for b in sorted(args.batches):
+                if over_budget(f"{label} uncaptured B={b}"):
+                    break
+                res = per_call(plain, windows, ids, b, args.seconds / 2)
+                unc["calls"].append(res)
+                show("uncaptured", res)
+                save()
+            del plain
+            gc.collect()
+        if args.each > 0 and not over_budget(f"{label} each 1..{args.each}"):
+            t0 = time.perf_counter()
+            each = ModelRunner(path, LAM, providers=providers, threads=args.threads, window_samples=w,
+                               cache_optimized=False, cuda_graph=cuda, max_batch=args.each,
+                               batch_slots="each")  # fmt: skip
+            ev: dict[str, Any] = {
+                "max_batch": args.each,
+                "graphs": len(each.batch_sizes),
+                "start_s": round(time.perf_counter() - t0, 2),
+                "warmup_s": round(each.warmup_seconds, 2),
+                "warmup_s_by_batch": {
+                    str(b): round(t, 3) for b, t in sorted(each.warmup_seconds_by_batch.items())
+                },
+                "gpu_memory_used_mib": gpu_memory_used_mib() if cuda else None,
+                "calls": [],
+            }  # fmt: skip
+            cfg["each"] = ev
+            print(f"{label}, one graph per size 1..{args.each}: start {ev['start_s']} s "
+                  f"(warm-up/capture {ev['warmup_s']} s)", flush=True)  # fmt: skip
+            for b in sorted({b for b in args.padded + args.batches if b <= args.each}):
+                if over_budget(f"{label} each B={b}"):
+                    break
+                res = per_call(each, windows, ids, b, args.seconds)
+                ev["calls"].append(res)
+                show("each", res)
+                save()
+            del each
+            gc.collect()
     doc["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     save()
     print(f"done in {doc['elapsed_s']} s", flush=True)
