@@ -293,11 +293,13 @@ class ModelRunner:
         frames = {int(exact), -int(-exact // 1)}  # floor or ceil: models round either way
         if len(shape) != 3 or shape[0] != batch or shape[2] != NUM_BLENDSHAPES or shape[1] not in frames:
             want = " or ".join(str(f) for f in sorted(frames))
+            what = f"a {self.window_samples}-sample window" if batch == 1 else (
+                f"{batch} {self.window_samples}-sample windows"
+            )  # fmt: skip
             raise BridgeError(
                 f"model {self.path}: output {d.blendshapes_output!r} has shape {list(shape)} for "
-                f"{batch} {self.window_samples}-sample window(s); expected [{batch}, {want}, "
-                f"{NUM_BLENDSHAPES}] (30 frames per second of audio, {NUM_BLENDSHAPES} ARKit "
-                "blendshapes): is it a LAM or wav2arkit export?"
+                f"{what}; expected [{batch}, {want}, {NUM_BLENDSHAPES}] (30 frames per second of "
+                f"audio, {NUM_BLENDSHAPES} ARKit blendshapes): is it a LAM or wav2arkit export?"
             )
 
     def _probe_shapes(self) -> None:
