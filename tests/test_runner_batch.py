@@ -17,10 +17,10 @@ from bridge.errors import BridgeError
 from bridge.model.description import LAM, WAV2ARKIT
 from bridge.model.runner import ModelRunner, batch_sizes
 
-try:  # the model tooling moves to bridge.modeltools with the house reshape
-    from bridge.modeltools.synth import ORACLE_IDENTITY_STEP, oracle_value, synthesize
-except ImportError:  # pragma: no cover - before the move
+try:  # the model tooling, before the house reshape moved it to bridge.modeltools
     from bridge.model.synth import ORACLE_IDENTITY_STEP, oracle_value, synthesize
+except ImportError:  # pragma: no cover - after the move
+    from bridge.modeltools.synth import ORACLE_IDENTITY_STEP, oracle_value, synthesize
 
 W = 16000
 RTOL, ATOL = 1e-4, 2e-5  # float32; MLAS may sum a batched MatMul in another order
