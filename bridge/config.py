@@ -117,6 +117,7 @@ BOUNDS: dict[str, Bound] = {
     "model.window_s": Bound(0.1, 10, "s", "a multiple of 0.1 s"),
     "model.threads": Bound(0, _cores_x4, note="0 = one per core", high_doc="4 × cores"),
     "model.fallback_after_s": Bound(0, 600, "s", "0 = never"),
+    "model.max_batch": Bound(0, 1024, note="0 = the number of performers"),
     "schedule.lookahead_frames": Bound(0, 30, "frames", "each adds 33 ms of latency"),
     "schedule.max_latency_ms": Bound(0.1, 10000, "ms"),
     "post.gate.open_db": Bound(-120, 0, "dBFS"),
@@ -213,6 +214,7 @@ class ModelConfig:
     fallback_after_s: float = _opt(
         2.0, doc="switch to the fallback after missing deadlines this long (0 = never)"
     )
+    max_batch: int = _opt(0, doc="most windows one model call takes (one per performer)")
 
 
 @dataclass(frozen=True, slots=True)
