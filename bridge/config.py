@@ -76,6 +76,9 @@ class InputConfig:
     samplerate: int | None = _opt(None, lambda v: _positive(v), "device rate; default: the device's own")
     blocksize: int = _opt(256, _positive, "frames per capture callback / file block")
     ring_seconds: float = _opt(4.0, _positive, "capacity of the capture ring buffer in seconds")
+    reconnect: bool = _opt(
+        True, doc="device lost: keep the outputs alive at rest and resume when it returns (false: end the run)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
