@@ -146,6 +146,10 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
     log.info("%s", bridge.describe())
     try:
         stats = bridge.run(stop).as_dict()
+    except BridgeError:
+        if stats_path:  # the run ended on a fault (an input lost, ...): still say what it did
+            _write_json(stats_path, bridge.stats.as_dict())
+        raise
     finally:
         bridge.close()
     log.info(

@@ -77,7 +77,7 @@ class InputConfig:
     blocksize: int = _opt(256, _positive, "frames per capture callback / file block")
     ring_seconds: float = _opt(4.0, _positive, "capacity of the capture ring buffer in seconds")
     reconnect: bool = _opt(
-        True, doc="device lost: keep the outputs alive at rest and resume when it returns (false: end the run)"
+        True, doc="device lost: keep the outputs alive at rest, resume when it returns (false: end the run)"
     )
 
 

@@ -66,7 +66,8 @@ class InputWatch:
             return stopped
         quiet = now - self._heard_at
         if quiet > (self.lost_after_s if self._heard else self.start_grace_s):
-            return f"no audio for {quiet:.1f} s" if self._heard else f"no audio in {quiet:.1f} s since it opened"
+            since = "" if self._heard else " since it opened"
+            return f"no audio for {quiet:.1f} s{since}"
         return None
 
     def lose(self, now: float, reason: str) -> Loss:
