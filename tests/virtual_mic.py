@@ -208,7 +208,7 @@ class JackServer:
                 self.proc.kill()
                 self.proc.wait()
 
-    def stop(self) -> None:
+    def stop(self, remove_leftovers: bool = True) -> None:
         """End the server cleanly (if running) and remove what it left in /dev/shm.
 
         A JACK server that dies with clients connected leaves their semaphores and
@@ -217,6 +217,8 @@ class JackServer:
         """
         if self.proc is not None:
             _stop(self.proc)
+        if not remove_leftovers:
+            return
         for path in self.leftovers():
             with contextlib.suppress(OSError):
                 os.unlink(path)

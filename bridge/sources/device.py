@@ -258,6 +258,7 @@ class DeviceSource:
         self._interrupted: str | None = None
         self._callback_exc: Exception | None = None
         self._worker = PortAudioWorker(dev.name)
+        self._index_valid = True  #: self.device.index still names this device in PortAudio
         self._left_behind: list[Any] = []  #: streams never closed (PortAudio hung): kept referenced
         self._jack_loaded = jack_host_api_loaded(_sounddevice())
         self._unexpected = (
@@ -392,16 +393,20 @@ class DeviceSource:
         sd = _sounddevice()
         try:
             with quiet_native_stderr():
-                try:
-                    self._open_stream(quiet=True)
-                    return
-                except (sd.PortAudioError, ValueError) as exc:
-                    first = exc
-                if unsafe_to_terminate() is not None or jack_host_api_loaded(sd):
-                    raise first
+                if self._index_valid:
+                    try:
+                        self._open_stream(quiet=True)
+                        self.last_look_error = None
+                        return
+                    except (sd.PortAudioError, ValueError):
+                        if unsafe_to_terminate() is not None or jack_host_api_loaded(sd):
+                            raise
                 reinitialise(sd)
                 self._jack_loaded = jack_host_api_loaded(sd)
+                # Indices changed: the old one may now name another device, or none.
+                self._index_valid = False
                 self.device = _find_again(self.device)
+                self._index_valid = True
                 self._open_stream(quiet=True)
             self.last_look_error = None
         except Exception as exc:  # not there (yet): the hop loop looks again later
