@@ -268,6 +268,9 @@ class Bridge:
         if reason is None:
             return False
         source = self.stream.source
+        lose = getattr(source, "lose", None)
+        if lose is not None:
+            lose()  # lets go of the lost stream on PortAudio's worker thread, never here
         if not self.cfg.input.reconnect:
             self.watch.lose(now, reason)
             raise BridgeError(
@@ -277,9 +280,6 @@ class Bridge:
             )
         loss = self.watch.lose(now, reason)
         self.rest.start()
-        lose = getattr(source, "lose", None)
-        if lose is not None:
-            lose()  # closes the lost stream on PortAudio's worker thread, never here
         looking = f"looking for it every {LOOK_EVERY_S:g} s" if lose is not None else "waiting for it"
         log.warning(
             "input %r lost (%s): easing the face to rest, frames go on from %d; %s",
