@@ -328,6 +328,7 @@ class Bridge:
         first = stream.restart(sched.next_frame, self.watch.resume_frame())
         sched.drop_until(stream.first_usable_frame())
         loss = self.watch.resumed(now)
+        self.post.restart()
         self._gap_before_hop = True
         log.warning(
             "input %r is back after %.1f s: capture resumed at frame %d (%d frame(s) sent at rest)",
