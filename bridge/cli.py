@@ -157,6 +157,9 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
         stats["frames_published"], stats["frames_expected"], stats["frames_dropped"],
         stats["latency_ms"]["p50"], stats["latency_ms"]["p99"],
     )  # fmt: skip
+    if stats.get("frames_at_rest"):
+        log.info("%d more frame(s) sent at rest while the input was lost (%d time(s), %.1f s)",
+                 stats["frames_at_rest"], stats["input_losses"], stats["input_lost_s"])  # fmt: skip
     if stats_path:
         _write_json(stats_path, stats)
 

@@ -332,14 +332,18 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     seconds = raw.stat().st_size / 2 / rate
     try:
-        with virtual_mic_file(raw, rate, name) as device:
+        with virtual_mic_server(raw, rate, name) as (device, jack):
             print(f"# virtual microphone '{device}' at {rate} Hz playing {raw} ({seconds:.1f} s,")
             print("# does not loop). In the shell that runs the bridge:")
             print(f"export ALSA_CONFIG_PATH={os.environ['ALSA_CONFIG_PATH']}")
             print(f"export JACK_DEFAULT_SERVER={os.environ['JACK_DEFAULT_SERVER']}")
             print(f"# then: a2e-bridge run --device {device}    (Ctrl-C here stops jackd)")
+            print(f"# device lost: kill -USR1 {os.getpid()}; back: kill -USR2 {os.getpid()}")
             sys.stdout.flush()
-            signal.pause()
+            signal.signal(signal.SIGUSR1, lambda *_: jack.kill())
+            signal.signal(signal.SIGUSR2, lambda *_: jack.start())
+            while True:
+                signal.pause()
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:
