@@ -228,7 +228,10 @@ class Bridge:
             return self._step_lost()
         stream, sched, source = self.stream, self.stream.scheduler, self.stream.source
         missing = self._samples_missing()
-        if missing > 0 and not stream.ended and not source.finished:
+        # A ring half full is drained whatever the next frame needs: a source that waits for
+        # room (a fast file) must never wait on a frame whose audio the ring cannot hold.
+        filling = source.ring.available() < source.ring.capacity // 2
+        if missing > 0 and filling and not stream.ended and not source.finished:
             if source.error:
                 raise BridgeError(source.error)
             if self.live and self._input_lost():

@@ -56,7 +56,12 @@ class InputStream:
     ) -> None:
         self.source = source
         self.conditioner = Conditioner(source.samplerate, source.channels, channel)
-        self.history = AudioHistory(window_samples, window_samples + int(keep_seconds * SAMPLE_RATE))
+        # The history holds a window, the lookahead and keep_seconds beyond: a bounded pull
+        # stays (keep_seconds - 0.1 s) ahead of the next frame, and the silence that pads the
+        # last frame's lookahead fits in the rest.
+        keep = window_samples + frame_end_sample(lookahead) + int(keep_seconds * SAMPLE_RATE)
+        self.history = AudioHistory(window_samples, keep)
+        self._ahead = int(keep_seconds * SAMPLE_RATE) - SAMPLE_RATE // 10
         self.scheduler = HopScheduler(window_frames, lookahead)
         self.limit_samples = limit_samples  #: stop after this many 16 kHz samples (--duration)
         self._scratch = np.zeros((max(source.ring.capacity // 4, 4096), source.channels), np.float32)
@@ -107,18 +112,11 @@ class InputStream:
         return added
 
     def pull_limit(self) -> int:
-        """The sample count up to which the history still holds the next hop's audio.
-
-        One window of margin covers what a pull cannot cut exactly: the resampler's
-        hold-back and the silence that pads the stream's last frame.
-        """
-        sched, window = self.scheduler, self.history.window
-        next_frame = sched.next_frame
-        needed_from = min(
-            frame_end_sample(next_frame + sched.lookahead) - window,
-            frame_end_sample(next_frame - 1) if next_frame else 0,
-        )
-        return needed_from + self.history.keep - window
+        """How far a bounded pull may fill the history: ``keep_seconds`` (less 0.1 s for the
+        resampler's hold-back) past the audio the next frame needs, so the next hop's window
+        is still held, whatever the window, the lookahead and the end-of-stream padding."""
+        sched = self.scheduler
+        return frame_end_sample(sched.next_frame + sched.lookahead) + self._ahead
 
     def _gap(self, resume_raw: int) -> int:
         """The ring overwrote audio before we read it; the next frame read is ``resume_raw``.

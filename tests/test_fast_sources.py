@@ -155,3 +155,17 @@ def test_run_fast_on_a_20_s_file_from_the_command_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "published 600 of 600 frames (0 dropped)" in proc.stderr
+
+
+def test_a_fast_file_whose_next_frame_needs_more_than_the_ring_holds(tmp_path: Path) -> None:
+    """A 0.5 s ring, 1 s of lookahead, a 6 s window: the reader waits for room while the
+    first frame needs twice what the ring holds; the hop loop must drain it regardless."""
+    frames = 30 * 20
+    wav = tmp_path / "long.wav"
+    soundfile.write(str(wav), staircase(frames), 16000, subtype="FLOAT")
+    cfg = config(str(wav))
+    cfg["input"]["ring_seconds"] = 0.5
+    cfg["model"].update(preset="synthetic", window_s=6.0)
+    cfg["schedule"] = {"lookahead_frames": 30}
+    stats, numbers, _ = run(cfg)
+    assert numbers == list(range(frames)) and stats["frames_dropped"] == 0
