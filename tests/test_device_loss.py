@@ -113,7 +113,7 @@ def running_bridge(tmp_path: Path, reconnect: bool = True,
     audio = staircase(30 * 60) * 0.5 + 0.2  # 60 s, so the device never runs past the file
     raw = write_raw(tmp_path / "mic.raw", np.round(audio * 32767).astype(np.int16), 16000, 60)
     receiver = StampedLiveLink()
-    with virtual_mic_server(raw) as (device, jack):
+    with virtual_mic_server(raw, portaudio=False) as (device, jack):  # PortAudio: the bridge's only
         bridge = BridgeProcess(tmp_path, device, receiver.port, reconnect)
         try:
             deadline = time.monotonic() + 30

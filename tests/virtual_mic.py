@@ -230,16 +230,17 @@ class JackServer:
 
 @contextlib.contextmanager
 def virtual_mic_server(
-    raw_path: str | Path, rate: int = 16000, name: str | None = None
+    raw_path: str | Path, rate: int = 16000, name: str | None = None, portaudio: bool = True
 ) -> Iterator[tuple[str, JackServer]]:
     """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name and server.
 
     Sets ``ALSA_CONFIG_PATH`` and ``JACK_DEFAULT_SERVER`` in ``os.environ`` for the
     duration (restored afterwards) and re-initialises PortAudio if it is loaded.
     The file does not loop: past its end the device repeats stale data.  A test may
-    kill and restart the server; if it killed it while this process's PortAudio was
-    connected, PortAudio must not be terminated afterwards (its JACK host API asserts),
-    so run such captures in a subprocess.
+    kill and restart the server; PortAudio connected to a server that died must never be
+    terminated (its JACK host API asserts and aborts the process), so such a test captures
+    in a subprocess and passes ``portaudio=False``: this process's PortAudio (if loaded)
+    then stays terminated for the block, holding no client on the server.
     """
     reason = virtual_mic_available()
     if reason is not None:
@@ -257,8 +258,9 @@ def virtual_mic_server(
         jack = JackServer(server, rate, Path(tmp) / "jackd.log")
         try:
             jack.start()
-            _portaudio_resume(levels)
-            levels = 0
+            if portaudio:
+                _portaudio_resume(levels)
+                levels = 0
             yield name, jack
         finally:
             # Still-suspended levels (if startup failed) plus whatever is live now.

@@ -259,7 +259,7 @@ class DeviceSource:
         self._callback_exc: Exception | None = None
         self._worker = PortAudioWorker(dev.name)
         self._index_valid = True  #: self.device.index still names this device in PortAudio
-        self._left_behind: list[Any] = []  #: streams never closed (PortAudio hung): kept referenced
+        self._to_close: list[Any] = []  #: streams let go and not closed yet (kept referenced)
         self._jack_loaded = jack_host_api_loaded(_sounddevice())
         self._unexpected = (
             f"input device '{dev.name}' stopped capturing unexpectedly "
@@ -372,10 +372,16 @@ class DeviceSource:
         self._interrupted = None
         if self._jack_loaded:
             mark_unsafe_to_terminate("a capture stream was lost while PortAudio's JACK host API was loaded")
-        if stream is not None and not self._worker.submit(
-            lambda: _close_stream(stream), "closing the lost stream", CLOSE_TIMEOUT_S
-        ):
-            self._left_behind.append(stream)
+        if stream is not None:
+            # Closed now if the worker is free, else before the next look (or at stop).
+            self._to_close.append(stream)
+            self._worker.submit(self._close_let_go, "closing the lost stream", CLOSE_TIMEOUT_S)
+
+    def _close_let_go(self) -> None:
+        """Worker thread: close the streams let go so far."""
+        while self._to_close:
+            _close_stream(self._to_close[0])
+            self._to_close.pop(0)
 
     def reopen(self) -> bool:
         """Look for the lost device once, in the background; False if the last look is still on.
@@ -392,6 +398,7 @@ class DeviceSource:
         """Worker thread: one attempt to capture from the lost device again."""
         sd = _sounddevice()
         try:
+            self._close_let_go()  # no stream of ours may be open while PortAudio re-initialises
             with quiet_native_stderr():
                 if self._index_valid:
                     try:
@@ -426,6 +433,7 @@ class DeviceSource:
             stream, self._stream = self._stream, None
             if stream is not None:
                 _close_stream(stream)
+            self._close_let_go()
 
         # A hang is said once by the worker; the process can still end (PortAudio left to the OS).
         with contextlib.suppress(PortAudioHung):
