@@ -106,15 +106,15 @@ class BridgeProcess:
 
 
 @contextlib.contextmanager
-def running_bridge(tmp_path: Path, reconnect: bool = True,
+def running_bridge(tmp_path: Path, reconnect: bool = True, device: str | None = None,
                    ) -> Iterator[tuple[BridgeProcess, JackServer, StampedLiveLink]]:  # fmt: skip
-    """The virtual mic playing a staircase (every frame a distinct level), the bridge on it,
-    frames flowing."""
+    """The virtual mic playing a staircase (every frame a distinct level), the bridge on it
+    (or on ``device`` of the same JACK server), frames flowing."""
     audio = staircase(30 * 60) * 0.5 + 0.2  # 60 s, so the device never runs past the file
     raw = write_raw(tmp_path / "mic.raw", np.round(audio * 32767).astype(np.int16), 16000, 60)
     receiver = StampedLiveLink()
-    with virtual_mic_server(raw, portaudio=False) as (device, jack):  # PortAudio: the bridge's only
-        bridge = BridgeProcess(tmp_path, device, receiver.port, reconnect)
+    with virtual_mic_server(raw, portaudio=False) as (mic, jack):  # PortAudio: the bridge's only
+        bridge = BridgeProcess(tmp_path, device or mic, receiver.port, reconnect)
         try:
             deadline = time.monotonic() + 30
             while len(receiver.packets) < 15 and time.monotonic() < deadline and bridge.proc.poll() is None:
@@ -206,3 +206,28 @@ def test_ctrl_c_while_lost_and_reconnect_off_end_cleanly(tmp_path: Path, reconne
         errors = [line for line in log.splitlines() if "error:" in line]
         assert len(errors) == 1 and "reconnect" in errors[0], log
         assert stats["frames_at_rest"] == 0
+
+
+def test_a_jack_host_api_device_whose_server_died_is_said_stuck_and_ctrl_c_still_ends_the_run(
+    tmp_path: Path,
+) -> None:
+    """Capture through PortAudio's own JACK host API ('system'): when the server dies, closing
+    the stream never returns (PortAudio waits on a JACK thread that is gone).  The bridge says
+    so in one line, keeps the outputs at rest, and still ends within a second of Ctrl-C,
+    without PortAudio's assertion."""
+    with running_bridge(tmp_path, device="system") as (bridge, jack, rx):
+        killed = time.monotonic()
+        jack.kill(signal.SIGKILL)
+        bridge.wait_line("easing the face to rest", killed, 5)
+        stuck = bridge.wait_line("PortAudio is stuck", killed, 5)
+        assert stuck - killed < 2.0
+        interrupted = time.monotonic()
+        bridge.proc.send_signal(signal.SIGINT)
+        rc = bridge.wait_exit(5)
+        assert time.monotonic() - interrupted < 1.5
+        stats = bridge.stats()
+        log = bridge.stderr()
+    assert rc in (0, 130), log
+    assert "Assertion" not in log and "Traceback" not in log
+    assert stats["input_losses"] == 1 and stats["frames_at_rest"] > 5
+    assert_numbered_on(rx.packets, stats["frames_dropped"])

@@ -32,7 +32,7 @@ def test_a_hung_call_is_abandoned_within_its_timeout_and_blocks_no_one(
     release = threading.Event()
     worker = PortAudioWorker("mic")
     t0 = time.monotonic()
-    with pytest.raises(PortAudioHung, match="closing the device did not return"):
+    with pytest.raises(PortAudioHung, match="closing the device has not returned"):
         worker.call(release.wait, "closing the device", 0.2)
     assert time.monotonic() - t0 < 0.5
     assert unsafe and "stuck" in unsafe[0]  # PortAudio is never terminated after this
@@ -87,3 +87,20 @@ def test_stderr_is_given_back_when_the_quiet_block_hangs(capfd: pytest.CaptureFi
     release.set()
     thread.join(5)
     assert capfd.readouterr().err == "the hop loop speaks\n"
+
+
+def test_a_background_call_past_its_timeout_is_found_hung_by_the_next_look(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bridge.sources.portaudio_control.mark_unsafe_to_terminate", lambda reason: None)
+    release = threading.Event()
+    worker = PortAudioWorker("mic")
+    assert worker.submit(release.wait, "closing the lost stream", 0.1) is True
+    assert worker.submit(lambda: None, "looking for the device", 5.0) is False  # still closing
+    assert worker.hung is None
+    time.sleep(0.2)
+    assert worker.submit(lambda: None, "looking for the device", 5.0) is False
+    assert worker.hung is not None and worker.hung.startswith("closing the lost stream has not returned")
+    release.set()  # it returns at last: looks go on
+    time.sleep(0.1)
+    assert worker.submit(lambda: None, "looking for the device", 5.0) is True and worker.hung is None

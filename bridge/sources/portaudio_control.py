@@ -7,7 +7,8 @@ thread: :meth:`PortAudioWorker.call` waits for it at most a timeout,
 :meth:`PortAudioWorker.submit` does not wait at all.  Calls run one at a time
 (PortAudio is not thread-safe); a call that outlives its timeout is abandoned:
 its (daemon) thread is left to finish or not, no other call starts while it
-runs, and PortAudio is marked unsafe to terminate.
+runs (if it returns at last, calls go on), and PortAudio is marked unsafe to
+terminate.
 
 Terminating PortAudio is unsafe in two cases, both seen here: a call is stuck
 in it (``Pa_Terminate`` would wait on it), or its JACK host API is loaded and a
@@ -93,22 +94,30 @@ class PortAudioWorker:
         self._thread: threading.Thread | None = None
         self._what = ""
         self._since = 0.0
+        self._timeout = 0.0
         self.hung: str | None = None  #: the call that hung, once one has
 
-    def busy(self, timeout: float) -> bool:
-        """Whether a call is still running; one running longer than ``timeout`` has hung."""
+    def busy(self) -> bool:
+        """Whether a call is still running; one running longer than its timeout has hung."""
         thread = self._thread
         if thread is None or not thread.is_alive():
+            if self.hung is not None:  # it returned at last: PortAudio can be used again
+                log.warning("input device '%s': PortAudio returned after %.1f s (%s)",
+                            self.name, time.monotonic() - self._since, self._what)  # fmt: skip
+                self.hung = None
             return False
-        if self.hung is None and time.monotonic() - self._since > timeout:
+        if self.hung is None and time.monotonic() - self._since > self._timeout:
             self._abandon()
         return True
 
     def submit(self, fn: Callable[[], Any], what: str, timeout: float) -> bool:
-        """Start ``fn`` on a worker thread and return at once; False if a call is still running."""
-        if self.hung is not None or self.busy(timeout):
+        """Start ``fn`` on a worker thread and return at once; False if a call is still running.
+
+        A call still running past ``timeout`` is found hung by the next ``submit`` or ``busy``.
+        """
+        if self.busy():
             return False
-        self._start(fn, what)
+        self._start(fn, what, timeout)
         return True
 
     def call(self, fn: Callable[[], Any], what: str, timeout: float) -> Any:
@@ -118,14 +127,14 @@ class PortAudioWorker:
         :class:`PortAudioHung` when either does not return in time.
         """
         deadline = time.monotonic() + timeout
+        if self.busy() and self.hung is not None:
+            raise PortAudioHung(self.hung)  # PortAudio is stuck already: no use waiting again
         thread = self._thread
         if thread is not None and thread.is_alive():
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 self._abandon()
                 raise PortAudioHung(self.hung)
-        if self.hung is not None:
-            raise PortAudioHung(self.hung)
         result: dict[str, Any] = {}
 
         def run() -> None:
@@ -134,7 +143,7 @@ class PortAudioWorker:
             except BaseException as e:  # handed to the caller
                 result["error"] = e
 
-        thread = self._start(run, what)
+        thread = self._start(run, what, timeout)
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             self._abandon()
@@ -143,9 +152,9 @@ class PortAudioWorker:
             raise result["error"]
         return result.get("value")
 
-    def _start(self, fn: Callable[[], Any], what: str) -> threading.Thread:
+    def _start(self, fn: Callable[[], Any], what: str, timeout: float) -> threading.Thread:
         thread = threading.Thread(target=fn, name=f"a2e-portaudio: {what}", daemon=True)
-        self._thread, self._what, self._since = thread, what, time.monotonic()
+        self._thread, self._what, self._since, self._timeout = thread, what, time.monotonic(), timeout
         thread.start()
         return thread
 
@@ -153,11 +162,12 @@ class PortAudioWorker:
         if self.hung is not None:
             return
         waited = time.monotonic() - self._since
-        self.hung = f"{self._what} did not return within {waited:.1f} s"
+        self.hung = f"{self._what} has not returned after {waited:.1f} s"
         mark_unsafe_to_terminate(f"PortAudio is stuck: {self.hung}")
         log.warning(
-            "input device '%s': PortAudio hung (%s); left behind, it cannot be used again in "
-            "this process: restart the bridge to capture from it",
+            "input device '%s': PortAudio is stuck (%s); the device is not looked for until it "
+            "returns (if it never does, as with a JACK server gone under PortAudio's JACK host "
+            "API, restart the bridge)",
             self.name, self.hung,
         )  # fmt: skip
 
