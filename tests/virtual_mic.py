@@ -26,6 +26,14 @@ next open, no ALSA call needed.  On exit it does the same around stopping jackd,
 and terminates PortAudio *before* killing jackd (PortAudio's JACK host API holds
 a client on the server).  Do not hold a stream open across the ``with`` block.
 
+A device that goes away and comes back: :func:`virtual_mic_server` also yields the
+:class:`JackServer`, which a test kills (``kill()``) and starts again under the same
+name (``start()``).  PortAudio's JACK host API aborts the process when PortAudio is
+terminated after its server died, so such tests capture in a subprocess (the bridge)
+and keep this process's PortAudio off the server (``portaudio=False``).  A server that
+dies with clients connected leaves their semaphores in /dev/shm; ``stop()`` removes
+what is named after its (unique) server.
+
 Command line (used by ``scripts/virtual-mic.sh``)::
 
     python -m tests.virtual_mic FILE.raw [RATE] [NAME]
