@@ -118,6 +118,11 @@ class Conditioner:
         self._finite = np.zeros(max_block, dtype=bool)
         self._resampler = make_resampler(in_rate)
 
+    def restart(self) -> None:
+        """A new segment of audio follows a gap: the resampler starts afresh (its filter
+        state belongs to audio before the gap, which was flushed with ``last``)."""
+        self._resampler = make_resampler(self.in_rate)
+
     def process(self, raw: np.ndarray, last: bool = False) -> np.ndarray:
         """Condition ``raw`` (n x channels).  The result is valid until the next call."""
         n = raw.shape[0]

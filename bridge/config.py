@@ -195,6 +195,9 @@ class InputConfig:
     samplerate: int | None = _opt(None, doc="device rate; default: the device's own")
     blocksize: int = _opt(256, doc="frames per capture callback / file block")
     ring_seconds: float = _opt(4.0, doc="capacity of the capture ring buffer in seconds")
+    reconnect: bool = _opt(
+        True, doc="device lost: keep the outputs alive at rest, resume when it returns (false: end the run)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

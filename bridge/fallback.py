@@ -4,7 +4,8 @@ The primary model can fail in two ways: it does not load (missing or broken
 file, provider error, out of memory), handled when the bridge starts; or it
 loads but keeps missing its deadlines (a CPU too slow for it).  For the second,
 :class:`FallbackSwitch` watches each hop's outcome; once misses have lasted
-``after_s`` it loads the fallback on a background thread, so frames keep
+``after_s``, hop after hop (a gap in the input or a one-off stall of the hop
+loop is not the model's doing and ends a streak), it loads the fallback on a background thread, so frames keep
 flowing from the primary meanwhile, and hands it over at a hop boundary.  The
 audio history and the frame counter belong to the stream, not the model, so
 the switch leaves no gap in frame numbers.
@@ -44,6 +45,7 @@ class FallbackSwitch:
         self.after_s = after_s
         self.max_latency_ms = max_latency_ms
         self._streak_start: float | None = None
+        self._catching_up = False  #: the next hop catches up after a hold-up
         self._thread: threading.Thread | None = None
         self._loaded: Any = None
         self.error: str | None = None  #: why the fallback itself failed to load
@@ -54,9 +56,22 @@ class FallbackSwitch:
     def armed(self) -> bool:
         return self._load is not None and self.after_s > 0 and self._thread is None
 
-    def observe(self, now: float, missed: bool) -> None:
-        """Record one hop: ``missed`` if it dropped frames or sent one later than the budget."""
+    def observe(self, now: float, missed: bool, held_up: bool = False) -> None:
+        """Record one hop: ``missed`` if it dropped frames or sent one later than the budget.
+
+        ``held_up``: something other than the model kept the hop loop from its hops (an
+        input gap, a stall in an output or a hook, a starved process).  Such a hop, and
+        the catch-up hop after it, say nothing about the model: they end a streak of
+        misses instead of extending it, so only misses sustained hop after hop switch.
+        """
         if not self.armed:
+            return
+        if held_up:
+            self._streak_start = None
+            self._catching_up = True
+            return
+        if self._catching_up:
+            self._catching_up = False
             return
         if not missed:
             self._streak_start = None

@@ -39,6 +39,35 @@ class AudioHistory:
         self._buf[end : end + n] = x
         self.count += n
 
+    def append_silence(self, n: int) -> None:
+        """Append ``n`` zeros (audio that was lost) without allocating them."""
+        if n <= 0:
+            return
+        if n >= self.keep:  # everything still held is older than the newest `keep`
+            self._buf[:] = 0.0
+            self.count += n
+            self._base = self.count - self.keep
+            return
+        end = self.count - self._base
+        if end + n > self._buf.shape[0]:
+            start = end - self.keep
+            self._buf[: self.keep] = self._buf[start:end]
+            self._base += start
+            end = self.keep
+        self._buf[end : end + n] = 0.0
+        self.count += n
+
+    @property
+    def first_window_end(self) -> int:
+        """Smallest ``end`` for which :meth:`window_ending` still has the whole window."""
+        return self._base + self.window
+
+    def span(self, start: int, end: int) -> np.ndarray:
+        """Samples ``[start, end)`` of the stream (a view); they must still be held."""
+        if start < self._base or end > self.count or end - start > self.window:
+            raise IndexError(f"span [{start}, {end}) is outside the history [{self._base}, {self.count})")
+        return self._buf[start - self._base : end - self._base]
+
     def window_ending(self, end: int) -> np.ndarray:
         """The ``window`` samples before stream index ``end`` (a view; zeros before sample 0)."""
         lo = end - self.window - self._base

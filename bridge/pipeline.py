@@ -8,7 +8,6 @@ ring from its own thread.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from bridge.errors import BridgeError
 from bridge.fallback import FallbackEvent, FallbackSwitch
 from bridge.finite import OutputGuard
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
+from bridge.keepalive import RestPose
+from bridge.liveness import LOOK_EVERY_S, InputWatch, Loss
 from bridge.model.hub import locate_model
 from bridge.model.presets import description_for, get_preset
 from bridge.model.runner import ModelRunner
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 
 #: How long the hop loop sleeps when no frame is ready (bounds added latency).
 POLL_S = 0.001
-#: A live input that delivers nothing for this long has stopped (unplugged, server gone).
-STALL_S = 2.0
+#: A hop loop kept from its hops this long (outside inference) was held up: a stall, an
+#: input gap, a starved process.  What follows says nothing about the model's speed.
+HELD_UP_S = 0.1
 #: How often a progress line is logged.
 STATUS_EVERY_S = 10.0
 
@@ -54,21 +56,6 @@ def build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource
             f"not enough memory for a {cfg.ring_seconds:g} s input ring (input.ring_seconds) at this "
             "input's rate and channel count; lower input.ring_seconds or pick fewer channels"
         ) from None
-
-
-def check_ring_holds_a_frame(cfg: BridgeConfig, source: AudioSource) -> None:
-    """The hop loop pulls once the next frame and its lookahead are all in the ring: a ring
-    smaller than that (plus a capture block and the resampler's ~20 ms hold-back) would
-    stall a fast file and overrun a live input."""
-    rate, inp = source.samplerate, cfg.input
-    need = (cfg.schedule.lookahead_frames + 1) * rate / FPS + 0.03 * rate + inp.blocksize
-    if source.ring.capacity < need:
-        raise BridgeError(
-            f"{cfg.source}: input.ring_seconds = {inp.ring_seconds:g} is too small for "
-            f"schedule.lookahead_frames = {cfg.schedule.lookahead_frames} at {rate} Hz: the ring must hold "
-            f"at least {math.ceil(100 * need / rate) / 100:.2f} s (the frame, its lookahead, one capture "
-            "block and the resampler's delay); raise input.ring_seconds"
-        )
 
 
 def _build_source(cfg: InputConfig, duration: float | None = None) -> AudioSource:
@@ -169,7 +156,6 @@ class Bridge:
         try:
             self.outputs = [build_output(o) for o in cfg.outputs]
             source = build_source(cfg.input, duration)
-            check_ring_holds_a_frame(cfg, source)
             self.model = load_model(cfg.model)
         except BaseException:
             if source is not None:
@@ -205,6 +191,13 @@ class Bridge:
         self._speech = SpeechTrack()
         #: one capture block in 16 kHz samples (the granularity at which audio arrives)
         self._block16k = cfg.input.blocksize * SAMPLE_RATE / source.samplerate
+        #: a live input can be lost (and come back); a file cannot
+        self.live = cfg.input.kind == "device"
+        self.watch = InputWatch(source, cfg.input.blocksize / source.samplerate)
+        self.rest = RestPose()
+        self._held_up_s = max(HELD_UP_S, 2.0 * cfg.input.blocksize / source.samplerate)
+        self._last_hop_end: float | None = None
+        self._gap_before_hop = False  #: an input gap since the last hop (not the model's doing)
 
     def describe(self) -> str:
         r = self.runner
@@ -220,10 +213,10 @@ class Bridge:
         """Run until the input ends, ``stop`` is set, or the duration is reached."""
         stop = stop or threading.Event()
         stats, source = self.stats, self.stream.source
-        source.start()
         self._next_status = time.monotonic() + STATUS_EVERY_S
-        self._last_written, self._last_growth = -1, time.monotonic()
         try:
+            source.start()
+            self.watch.start(time.monotonic())
             while not stop.is_set():
                 t_busy, c_busy = time.perf_counter(), time.thread_time()
                 wait = self._step()
@@ -235,49 +228,132 @@ class Bridge:
                     time.sleep(wait)
         finally:
             source.stop()
+            self._finish_stats()
+        return stats
+
+    def _finish_stats(self) -> None:
+        """Fill in the totals; also when the run ends on an error, so --stats can still say."""
+        stats = self.stats
         stats.frames_dropped = self.stream.scheduler.dropped
         stats.frames_expected = self.stream.frames_total
         stats.nonfinite_frames = self.guard.finish()
         stats.extra.update(self._input_counters())
-        return stats
 
     def _step(self) -> float | None:
         """One turn of the hop loop: seconds to sleep next, or None when the input is done."""
+        if self.watch.loss is not None:
+            return self._step_lost()
         stream, sched, source = self.stream, self.stream.scheduler, self.stream.source
         missing = self._samples_missing()
-        if missing > 0 and not stream.ended and not source.finished:
-            self._check_input_alive()
+        # A ring half full is drained whatever the next frame needs: a source that waits for
+        # room (a fast file) must never wait on a frame whose audio the ring cannot hold.
+        filling = source.ring.available() < source.ring.capacity // 2
+        if missing > 0 and filling and not stream.ended and not source.finished:
+            if source.error:
+                raise BridgeError(source.error)
+            if self.live and self._input_lost():
+                return 0.0
             # Audio lands a capture block at a time: sleep until about a block before the
             # frame's last sample is due, then poll cheaply (no pull) until it lands.
             return min(max(POLL_S / 2, (missing - self._block16k) / SAMPLE_RATE), 0.010)
         # live_hops: keep the history no further ahead than the next frame needs.
         if not self.live_hops or stream.history.count < self._next_needed():
-            stream.pull()
+            # A source faster than real time waits for ring space: take only what the
+            # history can hold, so none of its frames is ever skipped.
+            gaps = stream.gaps
+            stream.pull(bounded=not self.realtime)
+            self._gap_before_hop |= stream.gaps != gaps
         if source.error:
             raise BridgeError(source.error)
+        # Frames whose audio was lost, or that fell out of the history, are skipped and counted.
+        sched.drop_until(stream.first_usable_frame())
         hop = sched.plan(stream.history.count, self._oldest_in_time() if self.realtime else None)
         if hop is None:
             return None if stream.ended else POLL_S
         self._run_hop(hop)
         sched.done(hop)
+        self._maybe_log_status()
+        return 0.0
+
+    def _maybe_log_status(self) -> None:
         if time.monotonic() >= self._next_status:
             self._next_status += STATUS_EVERY_S
             self._log_status()
-        return 0.0
 
-    def _check_input_alive(self) -> None:
-        """A live input that stops delivering (unplugged, server gone) ends the run, loudly."""
-        source, now = self.stream.source, time.monotonic()
+    # ---- a lost input: keep the outputs alive, look for it, resume ----------------------
+    def _input_lost(self) -> bool:
+        """Whether the live input has just been lost (then the loss has begun)."""
+        now = time.monotonic()
+        reason = self.watch.check(now)
+        if reason is None:
+            return False
+        source = self.stream.source
+        lose = getattr(source, "lose", None)
+        if lose is not None:
+            lose()  # lets go of the lost stream on PortAudio's worker thread, never here
+        if not self.cfg.input.reconnect:
+            self.watch.lose(now, reason)
+            raise BridgeError(
+                f"input {source.name!r} lost: {reason} (unplugged, or its audio server stopped); "
+                "input.reconnect = false ends the run: set it to true to keep the outputs alive "
+                "and resume when the input returns"
+            )
+        loss = self.watch.lose(now, reason)
+        self.rest.start()
+        looking = f"looking for it every {LOOK_EVERY_S:g} s" if lose is not None else "waiting for it"
+        log.warning(
+            "input %r lost (%s): easing the face to rest, frames go on from %d; %s",
+            source.name, loss.reason, self.stream.scheduler.next_frame, looking,
+        )  # fmt: skip
+        return True
+
+    def _step_lost(self) -> float:
+        """One turn while the input is lost: a frame at rest when due, a look for the device."""
+        now = time.monotonic()
+        loss, source = self.watch.loss, self.stream.source
+        assert loss is not None
         if source.error:
             raise BridgeError(source.error)
-        if source.ring.written != self._last_written:
-            self._last_written, self._last_growth = source.ring.written, now
-        elif now - self._last_growth > STALL_S:
-            raise BridgeError(
-                f"input {source.name!r} delivered no audio for {now - self._last_growth:.1f} s "
-                "(unplugged, or the audio server dropped the stream); check the device "
-                "with `a2e-bridge devices` and restart"
-            )
+        if self.watch.back():
+            self._input_back(now)
+            return 0.0
+        if now >= loss.next_frame_due:
+            self._publish_rest(now, loss)
+            # 30 fps on the wall clock; after a hold-up, go on from now rather than burst.
+            loss.next_frame_due = max(loss.next_frame_due + 1.0 / FPS, now)
+        reopen = getattr(source, "reopen", None)
+        if reopen is not None and now >= loss.next_look:
+            # A look that cannot start yet (the last one is still closing) is retried soon.
+            loss.next_look = now + (LOOK_EVERY_S if reopen() else 0.05)
+        self._maybe_log_status()
+        due = min(loss.next_frame_due, loss.next_look if reopen is not None else loss.next_frame_due)
+        return min(max(due - now, POLL_S), 0.010)
+
+    def _publish_rest(self, now: float, loss: Loss) -> None:
+        """The next frame number, easing from the last published pose to rest."""
+        number = self.stream.scheduler.take_rest_frame()
+        values, head = self.rest.at(loss.frames / FPS)
+        prob = 0.0 if self.runner.last_asr_logits is not None else None
+        frame = FaceFrame(number, values, now, head, self._subject, prob, "")
+        for output in self.outputs:
+            output.publish(frame)
+        loss.frames += 1
+        self.watch.rest_frames += 1
+        if self.on_frame is not None:
+            self.on_frame(frame)
+
+    def _input_back(self, now: float) -> None:
+        """Audio is back: it goes on from the next frame number, after a silent gap."""
+        stream, sched = self.stream, self.stream.scheduler
+        first = stream.restart(sched.next_frame, self.watch.resume_frame())
+        sched.drop_until(stream.first_usable_frame())
+        loss = self.watch.resumed(now)
+        self.post.restart()
+        self._gap_before_hop = True
+        log.warning(
+            "input %r is back after %.1f s: capture resumed at frame %d (%d frame(s) sent at rest)",
+            stream.source.name, now - loss.since, first, loss.frames,
+        )  # fmt: skip
 
     def _next_needed(self) -> int:
         """Stream sample count at which the next frame can be published."""
@@ -312,6 +388,7 @@ class Bridge:
 
     def _run_hop(self, hop) -> None:
         stats = self.stats
+        hop_start = time.monotonic()
         loaded = self.fallback.take()
         if loaded is not None:
             self._switch_model(loaded, hop.first)
@@ -356,8 +433,19 @@ class Bridge:
             worst_ms = max(worst_ms, latency_ms)
             if self.on_frame is not None:
                 self.on_frame(frame)
+        self.rest.remember(block[hop.stride - 1], ctx.head[hop.stride - 1])
         if self.fallback.armed:
-            self.fallback.observe(now, hop.dropped > 0 or worst_ms > self.max_latency_s * 1000.0)
+            missed = hop.dropped > 0 or worst_ms > self.max_latency_s * 1000.0
+            self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, dt))
+        self._last_hop_end = now
+
+    def _held_up(self, hop_start: float, hop_end: float, inference_s: float) -> bool:
+        """Whether this hop was held up by something other than the model (an input gap,
+        a stall, a slow output or hook): its misses are then not the model's."""
+        waited = hop_start - self._last_hop_end if self._last_hop_end is not None else 0.0
+        outside = hop_end - hop_start - inference_s
+        gap, self._gap_before_hop = self._gap_before_hop, False
+        return gap or waited > self._held_up_s or outside > self._held_up_s
 
     def _context(self, hop) -> FrameContext:
         """The block's own audio and each frame's loudness, for stages that gate on them."""
@@ -366,7 +454,7 @@ class Bridge:
         history = self.stream.history
         start = frame_end_sample(hop.first - 1) if hop.first else 0
         end = frame_end_sample(hop.last)
-        audio = history.window_ending(end)[history.window - (end - start) :]
+        audio = history.span(start, end)
         for i in range(n):
             k = hop.first + i
             lo = (frame_end_sample(k - 1) if k else 0) - start
@@ -379,10 +467,23 @@ class Bridge:
         s = self.stats
         nonfinite = f", {self.guard.describe()}" if self.guard.frames else ""
         log.info(
-            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms; outputs: %s",
+            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms%s; outputs: %s",
             s.frames_published, self.stream.scheduler.dropped, nonfinite, s.latency.percentile(50),
-            s.latency.percentile(99), s.inference.percentile(50), describe_health(self.outputs),
+            s.latency.percentile(99), s.inference.percentile(50), self._input_status(),
+            describe_health(self.outputs),
         )  # fmt: skip
+
+    def _input_status(self) -> str:
+        """The input's part of the status line: only when something happened to it."""
+        w, stream = self.watch, self.stream
+        parts = []
+        if w.loss is not None:
+            parts.append(f"input LOST for {time.monotonic() - w.loss.since:.0f} s")
+        if w.losses:
+            parts.append(f"input lost {w.losses}x, back {w.reconnects}x")
+        if stream.gaps:
+            parts.append(f"audio gaps {stream.gaps} ({stream.lost_samples / SAMPLE_RATE:.1f} s lost)")
+        return "; " + ", ".join(parts) if parts else ""
 
     def _input_counters(self) -> dict[str, object]:
         ring = self.stream.source.ring
@@ -391,6 +492,9 @@ class Bridge:
             "input_overflows": ring.overflows,
             "input_status_flags": ring.status_flags,
             "ring_overruns": ring.overrun,
+            "audio_gaps": self.stream.gaps,
+            "audio_lost_s": round(self.stream.lost_samples / SAMPLE_RATE, 3),
+            **self.watch.counters(time.monotonic()),
             "nonfinite_samples": self.stream.conditioner.nonfinite_samples,
             "outputs": {o.name: o.stats() for o in self.outputs},
         }

@@ -8,9 +8,9 @@ update is a single atomic store, which is all the ordering this needs.
 Producer contract (``write``): copies the block into preallocated memory and
 updates integers; no allocation of arrays, no locks, no logging, no I/O.
 If the consumer has fallen more than ``capacity`` frames behind, the oldest
-audio is overwritten; the consumer notices (``read`` reports the frames it
-lost as ``overrun``) and the sample clock keeps counting, so frame numbers
-stay aligned with time.
+audio is overwritten; the consumer notices (``read`` skips the frames it lost,
+counts them in ``overrun`` and advances ``read_pos`` past them), so the frame
+index of everything it reads still says when it was captured.
 """
 
 from __future__ import annotations
@@ -101,6 +101,17 @@ class SampleRing:
             self.overrun += min(torn, n)
         self.read_pos += n
         return n
+
+    def skip_to(self, frame_index: int) -> int:
+        """Drop unread frames before ``frame_index`` (stale audio); return how many.
+
+        Not counted as ``overrun``: the consumer chose to drop them (audio from a
+        capture stream that has since been closed).
+        """
+        target = min(frame_index, self.written)
+        skipped = max(0, target - self.read_pos)
+        self.read_pos += skipped
+        return skipped
 
     def capture_time(self, frame_index: int) -> float:
         """Arrival time of the block holding frame ``frame_index`` (consumer side).

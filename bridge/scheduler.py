@@ -9,7 +9,9 @@ what to compute next and tells it what it published.
 Adaptive stride falls out of the design: when an inference took longer than a
 hop, several frames are ready by the next plan, and one call covers them all
 (up to the frames the window holds).  Frames whose deadline has passed are
-skipped and counted, never published late or twice.
+skipped and counted, never published late or twice.  Frame numbers only ever
+go up: frames whose audio was lost are counted as dropped, and frames sent while
+the input is lost (at rest, see bridge/keepalive.py) take the next numbers.
 """
 
 from __future__ import annotations
@@ -68,6 +70,21 @@ class HopScheduler:
         last = min(ready - 1, first + self.max_stride - 1)
         window_last = last + self.lookahead
         return Hop(first, last, frame_end_sample(window_last), window_last, dropped)
+
+    def drop_until(self, frame: int) -> int:
+        """Skip (and count) every unpublished frame before ``frame``: its audio was lost,
+        or it fell out of the history; return how many."""
+        dropped = max(0, frame - self.next_frame)
+        self.dropped += dropped
+        self.next_frame += dropped
+        return dropped
+
+    def take_rest_frame(self) -> int:
+        """The number of a frame published without audio (the input is lost); numbers
+        go on from the last frame, and the audio, when it returns, goes on after them."""
+        number = self.next_frame
+        self.next_frame += 1
+        return number
 
     def done(self, hop: Hop) -> None:
         """Record that ``hop`` was published."""

@@ -8,6 +8,9 @@
 # the dummy driver and an ALSA capture device NAME that "hears" FILE.raw at real
 # time, prints the two `export` lines for the shell that runs
 # `a2e-bridge run --device NAME`, and keeps jackd running until Ctrl-C.
+# To make the device go away under a running bridge and come back (issue 7 item 2):
+# `kill -USR1 PID` kills jackd (as a crash would), `kill -USR2 PID` starts it again
+# under the same name (PID: this script's, printed at start).
 # Needs: jackd2, libasound2-plugins, libportaudio2 (Debian/Ubuntu package names).
 #
 # The setup (ALSA config text, jackd start/stop) lives in tests/virtual_mic.py,

@@ -173,3 +173,63 @@ def test_too_many_channels_is_refused_at_construction(mic16: tuple[str, np.ndarr
     mic = resolve_device(name)
     with pytest.raises(BridgeError, match=f"cannot capture {mic.max_input_channels + 1} channels"):
         DeviceSource(name, channels=mic.max_input_channels + 1)
+
+
+@needs_mic
+def test_a_lost_stream_is_let_go_and_the_device_reopened(
+    mic16: tuple[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lose() silences the old stream at once (one producer per ring) and closes it in the
+    background; reopen() opens the device again, a new segment, heard from sample 0 (the
+    virtual mic restarts its file on every open).  Here the device never really went away:
+    losing a stream with PortAudio's JACK host API loaded must not make this test process
+    skip terminating PortAudio, so that marker is replaced."""
+    monkeypatch.setattr("bridge.sources.device.mark_unsafe_to_terminate", lambda reason: None)
+    name, sig = mic16
+    src = DeviceSource(name, samplerate=16000, channels=1)
+    src.start()
+    try:
+        deadline = time.monotonic() + 5
+        while src.ring.written < 4000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert src.segment == 1 and src.ring.written >= 4000
+        t0 = time.monotonic()
+        src.lose()
+        assert time.monotonic() - t0 < 0.05, "lose() never waits on PortAudio"
+        at_loss = src.ring.written
+        time.sleep(0.2)
+        assert src.ring.written - at_loss <= src.blocksize, "a stream let go writes nothing more"
+        assert src.reopen() is True
+        deadline = time.monotonic() + 5
+        while src.segment < 2 or src.ring.written < src.segment_start + 8000:
+            assert time.monotonic() < deadline, "the device was not reopened"
+            time.sleep(0.01)
+        assert src.segment == 2 and src.segment_start >= at_loss
+        src.ring.skip_to(src.segment_start)
+        out = np.empty((8000, 1), np.float32)
+        n = src.ring.read(out)
+        got = np.round(out[:n, 0].astype(np.float64) * 32768).astype(np.int64)
+        assert n == 8000 and np.array_equal(got, sig[:n])
+        assert src.interrupted is None and src.error is None
+    finally:
+        t0 = time.monotonic()
+        src.stop()
+        assert time.monotonic() - t0 < 1.0
+
+
+@needs_mic
+def test_reinitialised_portaudio_finds_the_device_again(mic16: tuple[str, np.ndarray]) -> None:
+    """What a look for a lost device does where its index may have changed (a USB microphone
+    plugged in again): re-initialise PortAudio, find the device by name and host API."""
+    from bridge.sources.device import _find_again, _sounddevice
+    from bridge.sources.portaudio_control import reinitialise
+
+    name, sig = mic16
+    src = DeviceSource(name, samplerate=16000, channels=1)
+    sd = _sounddevice()
+    levels = sd._initialized
+    reinitialise(sd)
+    assert sd._initialized == levels
+    src.device = _find_again(src.device)
+    assert src.device.name == name
+    check_capture(src, sig, seconds=0.5)

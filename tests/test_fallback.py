@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import soundfile
 
 from bridge.blendshapes import ARKIT_NAMES
 from bridge.config import parse_config
+from bridge.fallback import FallbackSwitch
 from bridge.modeltools.synth import oracle_value
 from bridge.pipeline import Bridge
 from bridge.signals import staircase, staircase_level
@@ -69,3 +71,24 @@ def test_sustained_deadline_misses_switch_models_without_a_gap(tmp_path: Path) -
     assert not any(is_oracle(k, v) for k, v in after)  # the fallback model made these
     assert stats["model"] == "synthetic-wav2arkit"
     assert stats["frames_published"] + stats["frames_dropped"] == stats["frames_expected"] == 120
+
+
+def test_a_stall_or_an_input_gap_never_counts_as_the_model_missing() -> None:
+    """A hop held up by something else (and the catch-up hop after it) ends a streak of
+    misses; only misses hop after hop for fallback_after_s switch."""
+    loads: list[int] = []
+    switch = FallbackSwitch(lambda: loads.append(1), after_s=1.0, max_latency_ms=250.0)
+    switch.observe(0.0, missed=True)  # a streak starts
+    switch.observe(4.5, missed=True, held_up=True)  # the hop loop was stalled 4.5 s
+    switch.observe(4.55, missed=True)  # the catch-up hop: late because of the stall
+    switch.observe(4.6, missed=True)  # a real miss again: a new streak starts here
+    switch.observe(5.0, missed=True)
+    switch.observe(5.1, missed=False)  # 0.5 s of misses: not sustained
+    assert switch.armed and not loads
+    for i in range(40):  # misses, hop after hop, for 1.3 s
+        switch.observe(6.0 + i / 30, missed=True)
+    assert not switch.armed
+    deadline = time.monotonic() + 5
+    while not loads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loads == [1] and "for 1.0 s" in switch.reason

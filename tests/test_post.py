@@ -390,3 +390,15 @@ def test_chain_cost_per_frame_is_small() -> None:
     assert best < 0.5e-3  # the hop loop's budget for everything but inference is 1 ms
     assert v.dtype == np.float32 and v.shape == (1, NUM_BLENDSHAPES)
     assert ARKIT_NAMES[17] == "jawOpen"
+
+
+def test_smoothers_restart_after_an_input_loss_without_the_old_pose() -> None:
+    """After a loss the face was eased to rest; the first frame back must not blend with
+    the pose from before the loss."""
+    chain = PostChain([OneEuro(), Ema(0.3)])
+    before = np.full((20, NUM_BLENDSHAPES), 0.9, np.float32)
+    chain.process(before, FrameContext(0, np.zeros(20, np.float32)))
+    chain.restart()
+    back = np.full((1, NUM_BLENDSHAPES), 0.2, np.float32)
+    chain.process(back, FrameContext(80, np.zeros(1, np.float32)))
+    assert np.allclose(back, 0.2)

@@ -26,6 +26,14 @@ next open, no ALSA call needed.  On exit it does the same around stopping jackd,
 and terminates PortAudio *before* killing jackd (PortAudio's JACK host API holds
 a client on the server).  Do not hold a stream open across the ``with`` block.
 
+A device that goes away and comes back: :func:`virtual_mic_server` also yields the
+:class:`JackServer`, which a test kills (``kill()``) and starts again under the same
+name (``start()``).  PortAudio's JACK host API aborts the process when PortAudio is
+terminated after its server died, so such tests capture in a subprocess (the bridge)
+and keep this process's PortAudio off the server (``portaudio=False``).  A server that
+dies with clients connected leaves their semaphores in /dev/shm; ``stop()`` removes
+what is named after its (unique) server.
+
 Command line (used by ``scripts/virtual-mic.sh``)::
 
     python -m tests.virtual_mic FILE.raw [RATE] [NAME]
@@ -167,13 +175,80 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+class JackServer:
+    """Our own ``jackd`` (dummy driver) under a fixed server name: started, killed, restarted.
+
+    Killing it while the device is open is how a test makes a capture device go away;
+    :meth:`start` brings back a server with the same name, so the device returns.
+    """
+
+    def __init__(self, server: str, rate: int, log_path: Path) -> None:
+        self.server = server
+        self.rate = rate
+        self.log_path = log_path
+        self.env = dict(os.environ, JACK_DEFAULT_SERVER=server, JACK_NO_AUDIO_RESERVATION="1")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start jackd and wait until it answers; RuntimeError if it does not."""
+        if _jackd_running(self.env):  # ours would fail, and we would talk to the other one
+            raise RuntimeError(f"a JACK server named {self.server!r} is already running")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["jackd", "--no-realtime", "-d", "dummy", "-r", str(self.rate), "-p", str(JACK_PERIOD)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        if not _wait_for_jackd(self.proc, self.env):
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            _stop(self.proc)
+            raise RuntimeError(f"jackd ({self.server}) did not start: {' | '.join(tail)}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """End the server abruptly (as a crash or ``killall jackd`` would) and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self, remove_leftovers: bool = True) -> None:
+        """End the server cleanly (if running) and remove what it left in /dev/shm.
+
+        A JACK server that dies with clients connected leaves their semaphores and
+        shared memory behind (jackd unlinks them only when a client closes); the names
+        carry this server's unique name, so only this run's leftovers are removed.
+        """
+        if self.proc is not None:
+            _stop(self.proc)
+        if not remove_leftovers:
+            return
+        for path in self.leftovers():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def leftovers(self) -> list[str]:
+        """Files in /dev/shm named after this server."""
+        return sorted(glob.glob(f"/dev/shm/jack*_{self.server}_*"))
+
+
 @contextlib.contextmanager
-def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None = None) -> Iterator[str]:
-    """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name.
+def virtual_mic_server(
+    raw_path: str | Path, rate: int = 16000, name: str | None = None, portaudio: bool = True
+) -> Iterator[tuple[str, JackServer]]:
+    """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name and server.
 
     Sets ``ALSA_CONFIG_PATH`` and ``JACK_DEFAULT_SERVER`` in ``os.environ`` for the
     duration (restored afterwards) and re-initialises PortAudio if it is loaded.
-    The file does not loop: past its end the device repeats stale data.
+    The file does not loop: past its end the device repeats stale data.  A test may
+    kill and restart the server; PortAudio connected to a server that died must never be
+    terminated (its JACK host API asserts and aborts the process), so such a test captures
+    in a subprocess and passes ``portaudio=False``: this process's PortAudio (if loaded)
+    then stays terminated for the block, holding no client on the server.
     """
     reason = virtual_mic_available()
     if reason is not None:
@@ -185,40 +260,48 @@ def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None =
     with tempfile.TemporaryDirectory(prefix="a2e-vmic-") as tmp:
         conf = Path(tmp) / "asound.conf"
         conf.write_text(alsa_config(name, raw_path, rate))
-        log_path = Path(tmp) / "jackd.log"
         levels = _portaudio_suspend()
         os.environ["ALSA_CONFIG_PATH"] = f"{ALSA_BASE_CONFIG}:{conf}"
         os.environ["JACK_DEFAULT_SERVER"] = server
-        env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
-        proc: subprocess.Popen[bytes] | None = None
+        jack = JackServer(server, rate, Path(tmp) / "jackd.log")
         try:
-            if _jackd_running(env):  # ours would fail, and we would talk to the other one
-                raise RuntimeError(f"a JACK server named {server!r} is already running")
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    ["jackd", "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(JACK_PERIOD)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            if not _wait_for_jackd(proc, env):
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-                raise RuntimeError(f"jackd ({server}) did not start: {' | '.join(tail)}")
-            _portaudio_resume(levels)
-            levels = 0
-            yield name
+            jack.start()
+            if portaudio:
+                _portaudio_resume(levels)
+                levels = 0
+            yield name, jack
         finally:
             # Still-suspended levels (if startup failed) plus whatever is live now.
             levels += _portaudio_suspend()
-            if proc is not None:
-                _stop(proc)
+            jack.stop()
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
             _portaudio_resume(levels)
+
+
+@contextlib.contextmanager
+def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None = None) -> Iterator[str]:
+    """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name.
+
+    See :func:`virtual_mic_server`, which also yields the server.
+    """
+    with virtual_mic_server(raw_path, rate, name) as (device, _server):
+        yield device
+
+
+def write_raw(path: str | Path, samples: np.ndarray, rate: int, min_seconds: float = 20.0) -> Path:
+    """Write int16 mono ``samples`` as raw S16_LE, padded with zeros to ``min_seconds``."""
+    samples = np.asarray(samples)
+    if samples.dtype != np.int16 or samples.ndim != 1:
+        raise ValueError("raw_samples must be a 1-D int16 array (mono)")
+    pad = max(0, int(min_seconds * rate) - samples.shape[0])
+    with open(path, "wb") as f:
+        samples.astype("<i2").tofile(f)
+        np.zeros(pad, dtype="<i2").tofile(f)
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -233,15 +316,8 @@ def virtual_mic(
     The samples are written as raw S16_LE, padded with zeros to ``min_seconds`` so
     that captures shorter than that never run past the end of the file.
     """
-    samples = np.asarray(raw_samples)
-    if samples.dtype != np.int16 or samples.ndim != 1:
-        raise ValueError("raw_samples must be a 1-D int16 array (mono)")
-    pad = max(0, int(min_seconds * rate) - samples.shape[0])
     with tempfile.TemporaryDirectory(prefix="a2e-vmic-raw-") as tmp:
-        raw = Path(tmp) / "mic.raw"
-        with open(raw, "wb") as f:
-            samples.astype("<i2").tofile(f)
-            np.zeros(pad, dtype="<i2").tofile(f)
+        raw = write_raw(Path(tmp) / "mic.raw", raw_samples, rate, min_seconds)
         with virtual_mic_file(raw, rate, name) as device:
             yield device
 
@@ -266,14 +342,18 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     seconds = raw.stat().st_size / 2 / rate
     try:
-        with virtual_mic_file(raw, rate, name) as device:
+        with virtual_mic_server(raw, rate, name) as (device, jack):
             print(f"# virtual microphone '{device}' at {rate} Hz playing {raw} ({seconds:.1f} s,")
             print("# does not loop). In the shell that runs the bridge:")
             print(f"export ALSA_CONFIG_PATH={os.environ['ALSA_CONFIG_PATH']}")
             print(f"export JACK_DEFAULT_SERVER={os.environ['JACK_DEFAULT_SERVER']}")
             print(f"# then: a2e-bridge run --device {device}    (Ctrl-C here stops jackd)")
+            print(f"# device lost: kill -USR1 {os.getpid()}; back: kill -USR2 {os.getpid()}")
             sys.stdout.flush()
-            signal.pause()
+            signal.signal(signal.SIGUSR1, lambda *_: jack.kill())
+            signal.signal(signal.SIGUSR2, lambda *_: jack.start())
+            while True:
+                signal.pause()
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:

@@ -10,6 +10,7 @@ import click
 from bridge import interrupt
 from bridge.cli.common import apply_overrides, check_writable, friendly, log, setup_logging, write_json
 from bridge.config import load_config
+from bridge.errors import BridgeError
 
 
 def _interrupted_stats(e: interrupt.Interrupted, phase: str, bridge: Any) -> dict[str, Any]:
@@ -83,6 +84,10 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
     except interrupt.Interrupted as e:
         _stopped_early(e, phase, bridge, stats_path)
         raise  # not reached
+    except BridgeError:
+        if stats_path and bridge is not None and phase == "run":  # ended on a fault (input lost, ...)
+            write_json(stats_path, bridge.stats.as_dict())
+        raise
     finally:
         if bridge is not None:
             bridge.close()
@@ -95,6 +100,9 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
         stats["latency_ms"]["p50"], stats["latency_ms"]["p99"],
         f"; stopped by {stopped_by}" if stopped_by else "",
     )  # fmt: skip
+    if stats.get("frames_at_rest"):
+        log.info("%d more frame(s) sent at rest while the input was lost (%d time(s), %.1f s)",
+                 stats["frames_at_rest"], stats["input_losses"], stats["input_lost_s"])  # fmt: skip
     if stats_path:
         with interrupt.exiting():
             write_json(stats_path, stats)

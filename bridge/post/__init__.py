@@ -52,6 +52,15 @@ class PostChain:
         for stage in self.stages:
             stage.process(values, ctx)
 
+    def restart(self) -> None:
+        """The input was lost and the face eased to rest: stages that carry the last pose
+        forward (the smoothers) start afresh, so the first frame back does not blend with
+        the pose from before the loss."""
+        for stage in self.stages:
+            restart = getattr(stage, "restart", None)
+            if restart is not None:
+                restart()
+
     def describe(self) -> str:
         """One line for logs: the stages and the delay they add."""
         names = ", ".join(type(s).__name__ for s in self.stages) or "none (raw)"

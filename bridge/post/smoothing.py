@@ -57,6 +57,10 @@ class Ema:
             y += d
             row[:] = y
 
+    def restart(self) -> None:
+        """Start from the next frame, forgetting the last pose (after an input loss)."""
+        self._started = False
+
 
 class OneEuro:
     """One Euro filter on all 52 channels at a fixed 30 fps.
@@ -112,3 +116,8 @@ class OneEuro:
             t *= a
             y += t
             row[:] = y
+
+    def restart(self) -> None:
+        """Start from the next frame, forgetting the last pose and speed (after an input loss)."""
+        self._started = False
+        self._dy[:] = 0.0

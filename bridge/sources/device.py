@@ -7,12 +7,17 @@ only asking for a device should need the library.
 PortAudio enumerates devices once, when it is initialised (at the first
 ``import sounddevice`` in the process); devices that appear later are not seen
 until PortAudio is re-initialised.  ``a2e-bridge devices`` runs in a fresh
-process, so it always shows the current list.
+process, so it always shows the current list; a lost device that comes back is
+reopened by its old index, or found again after re-initialising PortAudio where
+that is safe (see bridge/sources/portaudio_control.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -21,6 +26,22 @@ import numpy as np
 
 from bridge.errors import BridgeError
 from bridge.ring import SampleRing
+from bridge.sources.portaudio_control import (
+    PortAudioHung,
+    PortAudioWorker,
+    jack_host_api_loaded,
+    mark_unsafe_to_terminate,
+    quiet_native_stderr,
+    reinitialise,
+    unsafe_to_terminate,
+)
+
+log = logging.getLogger(__name__)
+
+#: how long opening a device may take before it counts as hung
+OPEN_TIMEOUT_S = 5.0
+#: how long closing one may take (a run must end within a second of Ctrl-C)
+CLOSE_TIMEOUT_S = 0.5
 
 PORTAUDIO_MISSING = (
     "audio device input needs the PortAudio library: install it "
@@ -193,7 +214,15 @@ class DeviceSource:
     """A capture device filling a :class:`SampleRing` from PortAudio's callback thread.
 
     The device is resolved at construction (so a bad name fails before anything
-    starts); the stream is opened by :meth:`start`.
+    starts); the stream is opened by :meth:`start`.  Every PortAudio control call
+    runs on a worker thread with a timeout (bridge/sources/portaudio_control.py):
+    the hop loop that calls :meth:`start`, :meth:`lose`, :meth:`reopen` and
+    :meth:`stop` never waits on the device for long.
+
+    A device that goes away is let go (:meth:`lose`) and looked for again
+    (:meth:`reopen`, one attempt in the background each call).  Each stream it
+    opens writes into the same ring and starts a new *segment*: ``segment`` counts
+    them, ``segment_start`` is the ring frame where the newest one began.
     """
 
     def __init__(
@@ -220,52 +249,77 @@ class DeviceSource:
         self.channels = channels
         self.blocksize = blocksize
         self.ring = SampleRing(capacity=int(self.samplerate * ring_seconds), channels=channels)
+        self.segment = 0  #: capture streams opened so far (each a segment of the ring)
+        self.segment_start = 0  #: ring frame where the newest segment begins
+        self.last_look_error: str | None = None  #: why the last look for a lost device failed
         self._stream: Any = None
-        self._stopping = False
-        self._stopped_error: str | None = None
+        self._generation = 0  #: bumped (by the controlling thread only) to silence old streams
+        self._closed = False
+        self._interrupted: str | None = None
         self._callback_exc: Exception | None = None
-        # Bound once so the callback does attribute lookups only, no allocation.
-        self._write = self.ring.write
-        self._note = self.ring.note_status
-        self._now = time.monotonic
+        self._worker = PortAudioWorker(dev.name)
+        self._index_valid = True  #: self.device.index still names this device in PortAudio
+        self._to_close: list[Any] = []  #: streams let go and not closed yet (kept referenced)
+        self._jack_loaded = jack_host_api_loaded(_sounddevice())
         self._unexpected = (
             f"input device '{dev.name}' stopped capturing unexpectedly "
             "(unplugged, or taken by another program?)"
         )
 
     # ---- PortAudio callback thread ------------------------------------------------
-    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        """PortAudio's stream callback: runs on its real-time audio thread.
+    def _callbacks(self, generation: int) -> tuple[Callable[..., None], Callable[[], None]]:
+        """The stream and finished callbacks of one stream (made once per open, not per block)."""
+        write, note, now = self.ring.write, self.ring.note_status, time.monotonic
 
-        Contract (as python-sounddevice documents for callbacks): it must not block
-        or take long, or the device overflows and audio is lost.  So it only copies
-        ``indata`` (a view of PortAudio's buffer, valid during this call only) into
-        the preallocated ring, stamped with ``time.monotonic()`` at arrival, and
-        counts a truthy ``status`` (``input_overflow`` = audio PortAudio dropped).
-        No allocation of arrays, no locks, no logging, no printing, no I/O.  No
-        exception escapes: sounddevice would print it and abort the stream; instead
-        it is kept and surfaced by :attr:`error`, and capture carries on.
-        """
-        try:
-            self._write(indata, self._now())
-            if status:
-                self._note(status.input_overflow)
-        except Exception as exc:  # must not escape into PortAudio
-            self._callback_exc = exc
+        def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            """PortAudio's stream callback: runs on its real-time audio thread.
 
-    def _finished(self) -> None:
-        """PortAudio's finished callback: the stream went inactive."""
-        if not self._stopping:
-            self._stopped_error = self._unexpected
+            Contract (as python-sounddevice documents for callbacks): it must not block
+            or take long, or the device overflows and audio is lost.  So it only copies
+            ``indata`` (a view of PortAudio's buffer, valid during this call only) into
+            the preallocated ring, stamped with ``time.monotonic()`` at arrival, and
+            counts a truthy ``status`` (``input_overflow`` = audio PortAudio dropped).
+            No allocation of arrays, no locks, no logging, no printing, no I/O.  No
+            exception escapes: sounddevice would print it and abort the stream; instead
+            it is kept and surfaced by :attr:`error`, and capture carries on.  A stream
+            that has been let go (lost, stopped) writes nothing: the ring has one producer.
+            """
+            if self._generation != generation:
+                return
+            try:
+                write(indata, now())
+                if status:
+                    note(status.input_overflow)
+            except Exception as exc:  # must not escape into PortAudio
+                self._callback_exc = exc
 
-    # ---- control (any thread but the callback) ----------------------------------------
+        def finished() -> None:
+            """PortAudio's finished callback: the stream went inactive."""
+            if self._generation == generation and not self._closed:
+                self._interrupted = self._unexpected
+
+        return callback, finished
+
+    # ---- control (the hop loop's thread; PortAudio itself only on the worker) ----------
     def start(self) -> None:
         """Open the device and start capturing; PortAudio failures become one-line BridgeErrors."""
         if self._stream is not None:
             return
+        self._closed = False
+        self._interrupted = None
+        try:
+            self._worker.call(self._open_stream, "opening the device", OPEN_TIMEOUT_S)
+        except PortAudioHung:
+            raise BridgeError(
+                f"input device '{self.name}' did not open within {OPEN_TIMEOUT_S:g} s; check it "
+                "with `a2e-bridge devices` (is its audio server running?)"
+            ) from None
+
+    def _open_stream(self, quiet: bool = False) -> None:
+        """Worker thread: open and start a stream into the ring (a new segment)."""
         sd = _sounddevice()
-        self._stopping = False
-        self._stopped_error = None
+        generation = self._generation
+        callback, finished = self._callbacks(generation)
         stream = None
         try:
             stream = sd.InputStream(
@@ -275,16 +329,22 @@ class DeviceSource:
                 dtype="float32",
                 blocksize=self.blocksize,
                 latency="low",
-                callback=self._callback,
-                finished_callback=self._finished,
+                callback=callback,
+                finished_callback=finished,
             )
+            self.segment_start = self.ring.written
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             if stream is not None:
-                self._stopping = True
                 stream.close(ignore_errors=True)
+            if quiet:
+                raise
             raise BridgeError(self._open_error(exc)) from exc
+        if self._closed or self._generation != generation:  # let go while it was opening
+            _close_stream(stream)
+            return
         self._stream = stream
+        self.segment += 1
 
     def _open_error(self, exc: Exception) -> str:
         dev = self.device
@@ -305,16 +365,79 @@ class DeviceSource:
             f"{self.channels} ch: {exc}; {hint}"
         )
 
-    def stop(self) -> None:
-        """Stop and close the stream; safe to call twice or before :meth:`start`."""
+    def lose(self) -> None:
+        """The stream stopped delivering: let it go now, close it on the worker (never waits)."""
+        self._generation += 1
         stream, self._stream = self._stream, None
-        if stream is None:
-            return
-        self._stopping = True
+        self._interrupted = None
+        if self._jack_loaded:
+            mark_unsafe_to_terminate("a capture stream was lost while PortAudio's JACK host API was loaded")
+        if stream is not None:
+            # Closed now if the worker is free, else before the next look (or at stop).
+            self._to_close.append(stream)
+            self._worker.submit(self._close_let_go, "closing the lost stream", CLOSE_TIMEOUT_S)
+
+    def _close_let_go(self) -> None:
+        """Worker thread: close the streams let go so far."""
+        while self._to_close:
+            _close_stream(self._to_close[0])
+            self._to_close.pop(0)
+
+    def reopen(self) -> bool:
+        """Look for the lost device once, in the background; False if the last look is still on.
+
+        Opens the same device again; where that fails and PortAudio can safely be
+        re-initialised (needed to see a device that came back as a new one, e.g. a USB
+        microphone plugged in again), re-initialises it and finds the device by name.
+        """
+        if self._closed or self._stream is not None:
+            return True
+        return self._worker.submit(self._look, "looking for the device", OPEN_TIMEOUT_S)
+
+    def _look(self) -> None:
+        """Worker thread: one attempt to capture from the lost device again."""
+        sd = _sounddevice()
         try:
-            stream.stop(ignore_errors=True)
-        finally:
-            stream.close(ignore_errors=True)
+            self._close_let_go()  # no stream of ours may be open while PortAudio re-initialises
+            with quiet_native_stderr():
+                if self._index_valid:
+                    try:
+                        self._open_stream(quiet=True)
+                        self.last_look_error = None
+                        return
+                    except (sd.PortAudioError, ValueError):
+                        if unsafe_to_terminate() is not None or jack_host_api_loaded(sd):
+                            raise
+                reinitialise(sd)
+                self._jack_loaded = jack_host_api_loaded(sd)
+                # Indices changed: the old one may now name another device, or none.
+                self._index_valid = False
+                self.device = _find_again(self.device)
+                self._index_valid = True
+                self._open_stream(quiet=True)
+            self.last_look_error = None
+        except Exception as exc:  # not there (yet): the hop loop looks again later
+            self.last_look_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.debug("input device '%s' not back yet: %s", self.name, self.last_look_error)
+
+    def stop(self) -> None:
+        """Stop and close the stream; safe to call twice or before :meth:`start`.
+
+        Returns within ``CLOSE_TIMEOUT_S``: a stream PortAudio cannot close in that
+        time is left behind (it writes nothing more into the ring).
+        """
+        self._closed = True
+        self._generation += 1
+
+        def close_current() -> None:
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                _close_stream(stream)
+            self._close_let_go()
+
+        # A hang is said once by the worker; the process can still end (PortAudio left to the OS).
+        with contextlib.suppress(PortAudioHung):
+            self._worker.call(close_current, "closing the device", CLOSE_TIMEOUT_S)
 
     @property
     def finished(self) -> bool:
@@ -322,8 +445,29 @@ class DeviceSource:
         return False
 
     @property
+    def interrupted(self) -> str | None:
+        """Why PortAudio ended the stream by itself (the device went away), if it did."""
+        return self._interrupted
+
+    @property
     def error(self) -> str | None:
-        """Why capture stopped (or its callback failed), if it did."""
+        """Why capture failed in a way no reconnecting mends (its callback raised), if it did."""
         if self._callback_exc is not None:
             return f"input device '{self.name}' capture callback failed: {self._callback_exc!r}"
-        return self._stopped_error
+        return None
+
+
+def _close_stream(stream: Any) -> None:
+    """Worker thread: abort (not stop: a dead device never drains) and close a stream."""
+    try:
+        stream.abort(ignore_errors=True)
+    finally:
+        stream.close(ignore_errors=True)
+
+
+def _find_again(device: InputDevice) -> InputDevice:
+    """The same device after PortAudio was re-initialised (its index may have changed)."""
+    for d in list_input_devices():
+        if d.name == device.name and d.hostapi == device.hostapi:
+            return d
+    raise BridgeError(f"input device '{device.name}' ({device.hostapi}) is not listed")
