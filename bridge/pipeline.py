@@ -167,7 +167,7 @@ class Bridge:
         self.outputs: list[Output] = []
         source: AudioSource | None = None
         try:
-            self.outputs = [build_output(o) for o in cfg.outputs]
+            self.outputs = [build_output(o, [(0, None)]) for o in cfg.outputs]
             source = build_source(cfg.input, duration)
             check_ring_holds_a_frame(cfg, source)
             self.model = load_model(cfg.model)
