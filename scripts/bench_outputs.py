@@ -1,7 +1,7 @@
 """Per-frame cost of each output: ``Output.publish`` (encode + send to a real loopback
 receiver) and the encoder alone, in microseconds per frame (best of several repeats).
 
-    python3 scripts/bench_outputs.py [--frames 3000] [--repeats 7] [--performers 1]
+    python3 scripts/bench_outputs.py [--frames 500] [--repeats 40] [--performers 1] [--only KIND]
 
 With ``--performers N`` the subject-carrying kinds (livelink, osc arkit, zmq) are built to
 serve N performers and frames cycle through them, so the figure is per performer-frame.
@@ -45,9 +45,10 @@ def frames(n: int, performers: int) -> list[FaceFrame]:
     rng = np.random.default_rng(0)
     out = []
     for k in range(n):
-        f = FaceFrame(k, rng.random(52, dtype=np.float32), 0.0, (rng.random(9, dtype=np.float32) - 0.5) * 0.1,
-                      "", 0.5)  # fmt: skip
-        if performers > 1:
+        values = rng.random(52, dtype=np.float32)
+        head = (rng.random(9, dtype=np.float32) - 0.5) * 0.1
+        f = FaceFrame(k // performers, values, 0.0, head, "", 0.5)
+        if performers > 1:  # (so that the script also measures a checkout without performers)
             f.performer = k % performers
         out.append(f)
     return out
@@ -60,53 +61,61 @@ def build(cfg: OutputConfig, performers: int):
     return build_output(cfg)
 
 
+def measure(cfg: OutputConfig, performers: int, fs: list[FaceFrame], repeats: int) -> tuple[float, float]:
+    """(publish, encode) in µs per frame, the best of ``repeats`` runs over ``fs``."""
+    out = build(cfg, performers)
+    sub = None
+    if cfg.kind == "zmq":
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(out.transport.last_endpoint)
+    publish = out.publish
+    enc = out.encoder
+    one = getattr(enc, "packet_views", None) or enc.encode_view
+
+    def run_publish() -> None:
+        for f in fs:
+            publish(f)
+
+    def run_encode() -> None:
+        for f in fs:
+            one(f)
+
+    def drain() -> None:
+        while sub is not None and sub.poll(0):
+            sub.recv()
+
+    try:
+        best_p = min(timeit.repeat(run_publish, setup=drain, number=1, repeat=repeats)) / len(fs) * 1e6
+        best_e = float("nan")
+        if performers == 1:
+            best_e = min(timeit.repeat(run_encode, number=1, repeat=repeats)) / len(fs) * 1e6
+    finally:
+        out.close()
+        if sub is not None:
+            sub.close(linger=0)
+    return best_p, best_e
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", type=int, default=3000)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--frames", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--performers", type=int, default=1)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="only the kinds whose name contains this")
     a = ap.parse_args()
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     port = rx.getsockname()[1]
-    fs = frames(a.frames, a.performers)
-    print(f"{'kind':<18} {'publish µs':>10} {'encode µs':>10}   ({a.performers} performer(s), per performer-frame)")
+    print(f"{'kind':<18} {'publish µs':>10} {'encode µs':>10}   "
+          f"({a.performers} performer(s); µs per performer-frame)")  # fmt: skip
     for name, cfg in configs(port).items():
         if a.only and a.only not in name:
             continue
         n = a.performers if name in SUBJECT_KINDS else 1
-        out = build(cfg, n)
-        sub = None
-        if cfg.kind == "zmq":
-            sub = zmq.Context.instance().socket(zmq.SUB)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(out.transport.last_endpoint)
-        publish = out.publish
-        enc = getattr(out, "encoder", None)
-        one = getattr(enc, "encode_view", None) or getattr(enc, "packet_views", None)
-        encs = getattr(out, "encoders", None)
-
-        def run_publish() -> None:
-            for f in fs:
-                publish(f)
-
-        def run_encode() -> None:
-            for f in fs:
-                one(f)
-
-        def drain() -> None:
-            while sub is not None and sub.poll(0):
-                sub.recv()
-
-        best_p = min(timeit.repeat(run_publish, setup=drain, number=1, repeat=a.repeats)) / len(fs) * 1e6
-        best_e = float("nan")
-        if one is not None and (n == 1 or encs is None):
-            best_e = min(timeit.repeat(run_encode, number=1, repeat=a.repeats)) / len(fs) * 1e6
-        print(f"{name:<18} {best_p:10.2f} {best_e:10.2f}")
-        out.close()
-        if sub is not None:
-            sub.close(linger=0)
+        publish, encode = measure(cfg, n, frames(a.frames, n), a.repeats)
+        print(f"{name:<18} {publish:10.2f} {encode:10.2f}")
+    rx.close()
 
 
 if __name__ == "__main__":

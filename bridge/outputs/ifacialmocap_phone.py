@@ -232,6 +232,7 @@ class IFacialMocapOutput(Output):
         #: one encoder per text version a receiver may ask for
         self.versions = {v: IFacialMocapEncoder(mirror, v) for v in ("v1", "v2")}  # type: ignore[arg-type]
         super().__init__(name, self.versions["v1"], transport, routes={performer: self.versions["v1"]})
+        self._v1, self._v2 = self.versions["v1"], self.versions["v2"]
         self.phone = phone
         self.performer = performer
         self._destination = tuple(transport.address[:2])
@@ -247,16 +248,17 @@ class IFacialMocapOutput(Output):
         if not requesters:
             super().publish(frame)
             return
-        packets: dict[str, bytes] = {}
+        v1 = v2 = None  # each version encoded at most once
         shadowed = False
         for r in requesters:
             shadowed = shadowed or r.address == self._destination
-            data = packets.get(r.version)
-            if data is None:
-                data = packets[r.version] = self.versions[r.version].encode(frame)
+            if r.version == "v2":
+                data = v2 = v2 or self._v2.encode(frame)
+            else:
+                data = v1 = v1 or self._v1.encode(frame)
             phone.send(r, data, now)
         if not shadowed:
-            self.transport.send(packets.get("v1") or self.versions["v1"].encode(frame))
+            self.transport.send(v1 or self._v1.encode(frame))
 
     def close(self) -> None:
         if self.phone is not None:
