@@ -298,3 +298,108 @@ def test_what_receivers_could_not_tell_apart_is_one_line(cfg: OutputConfig, serv
     with pytest.raises(BridgeError) as e:
         build_output(cfg, served)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# --- the wire bytes of every encoder, as they were before performers ------------------------
+
+
+def awkward_frames() -> list[FaceFrame]:
+    """200 frames from integer arithmetic (no RNG, no libm, so the same everywhere): plain
+    weights, exact halves of percentages, tiny / huge / negative numbers, NaN, +-inf, speech
+    None / NaN, text with quotes and %, frame numbers past int32."""
+    specials = [0.0, -0.0, 1.0, 0.5, 0.125, 1e-5, 1.2345675e-3, 0.99999997, 1e7, -3.5, 123456.5,
+                1e-30, 3.4e38, float("nan"), float("inf"), float("-inf"), 0.005, 0.015, 0.995, 1.005,
+                -0.005]  # fmt: skip
+    frames = []
+    for k in range(200):
+        ints = [(k * 7919 + i * 104729) % 100003 for i in range(61)]
+        if k % 4 == 0:
+            v = [n / 100003 for n in ints]
+        elif k % 4 == 1:
+            v = [specials[n % len(specials)] for n in ints]
+        elif k % 4 == 2:
+            v = [(n % 201) / 200 for n in ints]  # percentages that end in .5
+        else:
+            v = [float(f"{'-' if n % 3 == 0 else ''}{n % 1000}e{n % 17 - 9}") for n in ints]
+        head = [(n % 2001 - 1000) / 1000 for n in ints[52:]]
+        if k % 13 == 0:
+            head[k % 9] = specials[13 + k % 3]
+        speech = [None, 0.25, float("nan"), 0.123456, ints[0] / 100003][k % 5]
+        text = ["", "", 'HE SAID "HI"', "Ä%s"][k % 4]
+        number = [k, 2**31 + k, -k, 10**6 + k][k % 4]
+        frames.append(FaceFrame(number, np.array(v[:52], dtype=np.float32), 0.0,
+                                np.array(head, dtype=np.float32), "x", speech, text))  # fmt: skip
+    return frames
+
+
+#: sha256 (first 16 hex digits) of each encoder's packets for :func:`awkward_frames`, as the
+#: encoders wrote them before outputs served several performers (main at 4ceaaf4).
+WIRE_DIGESTS = {
+    'livelink mirror=False': '68e2e79058ca44fa',
+    'osc arkit mirror=False': '0aadaab593ed15d5',
+    'osc arkit speech mirror=False': '12f5166cb9431dd7',
+    'osc vmc mirror=False': '956a042bf24e1978',
+    'zmq json mirror=False': '914944fa2c1a3f4f',
+    'zmq livelink mirror=False': '5d6f9b3a8eaeb0e0',
+    'ifacialmocap v1 mirror=False': 'c7b4ecf616dc9898',
+    'ifacialmocap v2 mirror=False': '795d4a118c62ff54',
+    'console mirror=False': 'fa85d78e3f0f9ce6',
+    'console int reversed mirror=False': '530e4b8dc7838079',
+    'console on change mirror=False': '92f2351144cdfabc',
+    'vrchat arkit mirror=False': '6062af312b9c0a7d',
+    'livelink mirror=True': '9413a3f407262f7d',
+    'osc arkit mirror=True': '6564dada16846ff3',
+    'osc arkit speech mirror=True': 'd6a74f0131da677e',
+    'osc vmc mirror=True': 'cde99ed96b6c5544',
+    'zmq json mirror=True': '1a416bf7ed370dab',
+    'zmq livelink mirror=True': '11bb7ea78c19cab4',
+    'ifacialmocap v1 mirror=True': 'fd6043ad0a0573eb',
+    'ifacialmocap v2 mirror=True': '16cf0448ce363300',
+    'console mirror=True': '90e87e79b685be28',
+    'console int reversed mirror=True': '7dd3465f2641b5d4',
+    'console on change mirror=True': 'c935d779dc7491bd',
+    'vrchat arkit mirror=True': 'cdbdcaec625ac80b',
+}
+
+
+def encoders_as_before() -> dict:
+    from bridge.outputs import ConsoleEncoder, IFacialMocapEncoder, VrchatEncoder
+
+    out = {}
+    for m in (False, True):
+        out[f"livelink mirror={m}"] = LiveLinkEncoder("Ana", "A" * 36, m).encode
+        out[f"osc arkit mirror={m}"] = OscEncoder("arkit", m).encode
+        out[f"osc arkit speech mirror={m}"] = OscEncoder("arkit", m, speech=True).encode
+        out[f"osc vmc mirror={m}"] = OscEncoder("vmc", m).encode
+        out[f"zmq json mirror={m}"] = ZmqEncoder("json", "t%s", 'Ä "quoted" %d 100%', None, m).encode
+        out[f"zmq livelink mirror={m}"] = ZmqEncoder("livelink", "a2e", "A2EBridge", "B" * 36, m).encode
+        out[f"ifacialmocap v1 mirror={m}"] = IFacialMocapEncoder(m, "v1").encode
+        out[f"ifacialmocap v2 mirror={m}"] = IFacialMocapEncoder(m, "v2").encode
+        out[f"console mirror={m}"] = ConsoleEncoder(mirror=m).encode_packets
+        out[f"console int reversed mirror={m}"] = ConsoleEncoder(
+            value_range=(100, -20), value_type="int", mirror=m).encode_packets  # fmt: skip
+        on_change = ConsoleEncoder(value_range=(0, 10), send_on_change=True, threshold=0.01, bundle=True,
+                                   mirror=m)  # fmt: skip
+        out[f"console on change mirror={m}"] = on_change.encode_packets
+        out[f"vrchat arkit mirror={m}"] = VrchatEncoder("arkit", mirror=m).encode_packets
+    return out
+
+
+def wire_digests() -> dict[str, str]:
+    import hashlib
+
+    frames = awkward_frames()
+    digests = {}
+    with np.errstate(all="ignore"):
+        for name, encode in encoders_as_before().items():
+            h = hashlib.sha256()
+            for f in frames:
+                got = encode(f)
+                for packet in got if isinstance(got, list) else [got]:
+                    h.update(len(packet).to_bytes(4, "big") + bytes(packet))
+            digests[name] = h.hexdigest()[:16]
+    return digests
+
+
+def test_every_encoder_sends_the_bytes_it_sent_before() -> None:
+    assert wire_digests() == WIRE_DIGESTS
