@@ -47,6 +47,8 @@ class ZmqEncoder:
     ``json.dumps(..., allow_nan=False)`` accepts).  ``livelink``: the exact
     :class:`~bridge.outputs.livelink.LiveLinkEncoder` packet, patched in place behind the
     topic.  ``encode`` returns ``bytes``; ``encode_view`` a view valid until the next call.
+    ``subject`` is fixed per encoder (its JSON text or packet bytes are built once): an output
+    serving several performers holds one encoder per subject.
     """
 
     def __init__(
