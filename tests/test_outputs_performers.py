@@ -244,6 +244,38 @@ def test_out_of_range_and_unserved_performers_are_ignored() -> None:
     assert only["subject"] == "Cy" and only["values"][:NUM_BLENDSHAPES] == face(0, 2).values.tolist()
 
 
+def test_ifacialmocap_requesters_get_only_the_served_performer() -> None:
+    """Being the phone: a receiver that sent the start string gets performer 1's frames only,
+    in both text versions, and so does the configured destination."""
+    from decoders import ifacialmocap_v2_fields, vrcft_ifacialmocap_fields
+
+    from bridge.outputs.base import UdpTransport
+    from bridge.outputs.ifacialmocap_phone import START_STRING, IFacialMocapOutput, Phone
+
+    dest, v1_rx, v2_rx, listener = udp_receiver(), udp_receiver(), udp_receiver(), udp_receiver()
+    transport = UdpTransport("127.0.0.1", dest.getsockname()[1], label="ifacialmocap")
+    out = IFacialMocapOutput("ifacialmocap", False, transport, Phone(listener, reply_port=0), performer=1)
+    try:
+        v1_rx.sendto(START_STRING.encode(), listener.getsockname())
+        v2_rx.sendto((START_STRING + "|sendDataVersion=v2").encode(), listener.getsockname())
+        time.sleep(0.05)
+        publish_interleaved(out, 4, range(3))
+        got = {"dest": drain(dest), "v1": drain(v1_rx), "v2": drain(v2_rx)}
+        assert out.stats()["requesters"] == 2
+    finally:
+        out.close()
+        for sock in (dest, v1_rx, v2_rx):
+            sock.close()
+
+    def percent(f: FaceFrame) -> list[float]:
+        return [float(round(min(max(v * 100, 0), 100))) for v in f.values.astype(np.float64)]
+
+    want = [percent(face(k, 1)) for k in range(4)]
+    assert [list(vrcft_ifacialmocap_fields(d).values()) for d in got["dest"]] == want
+    assert [list(vrcft_ifacialmocap_fields(d).values()) for d in got["v1"]] == want
+    assert [list(ifacialmocap_v2_fields(d).values())[1:] for d in got["v2"]] == want
+
+
 @pytest.mark.parametrize("served", [[(0, None)], [(0, "iPhone")], None])
 @pytest.mark.parametrize(
     ("kind", "extra"),
