@@ -32,6 +32,8 @@ class FaceFrame:
     ``head`` the 9 Live Link head/eye values (degrees / 180), zeros unless a stage sets them.
     ``capture_time`` is the ``time.monotonic()`` at which the frame's last audio sample was
     captured, so ``send_time - capture_time`` is the latency a viewer sees.
+    ``performer`` is the index of the performer (in ``BridgeConfig.cast``) whose face this is:
+    an output sends only the frames of the performers it serves, each under its own subject.
     """
 
     number: int
@@ -43,6 +45,8 @@ class FaceFrame:
     speech_prob: float | None = None
     #: transcript characters (greedy CTC) whose audio ended in this frame; usually ""
     text: str = ""
+    #: index of the performer in ``BridgeConfig.cast`` (0 for the one performer of a plain config)
+    performer: int = 0
 
     @property
     def stream_time(self) -> float:

@@ -154,7 +154,7 @@ class Bridge:
         self.outputs: list[Output] = []
         source: AudioSource | None = None
         try:
-            self.outputs = [build_output(o) for o in cfg.outputs]
+            self.outputs = [build_output(o, [(0, None)]) for o in cfg.outputs]
             source = build_source(cfg.input, duration)
             self.model = load_model(cfg.model)
         except BaseException:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from bridge.config import OutputConfig
+from bridge.config import BridgeConfig, OutputConfig, subjectless
 from bridge.errors import BridgeError
 from bridge.outputs.base import Encoder, MultiEncoder, Output, Transport, UdpTransport, bind_udp_listener
 from bridge.outputs.console import ConsoleEncoder
@@ -40,28 +41,55 @@ __all__ = [
     "VrchatOutput",
     "ZmqEncoder",
     "ZmqPubTransport",
+    "ONE_PERFORMER",
     "build_output",
+    "performers_served",
 ]
 
 
-def build_output(cfg: OutputConfig) -> Output:
-    """The encoder and transport that one output table describes (sockets opened here)."""
+#: What an output serves in a config without ``[[performer]]``: performer 0 under the
+#: output's own ``subject``.
+ONE_PERFORMER: tuple[tuple[int, str | None], ...] = ((0, None),)
+
+
+def performers_served(cfg: BridgeConfig, out: OutputConfig) -> list[tuple[int, str | None]]:
+    """``(index in cfg.cast, subject)`` of every performer ``out`` serves: what
+    :func:`build_output` takes (subject None: the output's own ``subject`` key)."""
+    served = {p.name for p in cfg.served_by(out)}
+    return [(i, p.subject) for i, p in enumerate(cfg.cast) if p.name in served]
+
+
+def build_output(cfg: OutputConfig, performers: Sequence[tuple[int, str | None]] = ONE_PERFORMER) -> Output:
+    """The encoders and transport that one output table describes (sockets opened here).
+
+    ``performers`` are the ``(index, subject)`` pairs of the performers it serves (see
+    :func:`performers_served`); a subject None means the output's own ``subject`` key.
+    Kinds that carry a subject get one encoder per performer, all on the output's one
+    socket; the others serve exactly one performer.
+    """
+    served = _subjects(cfg, performers)
     port = cfg.resolved_port
+    first = served[0][0]
+    several = len(served) > 1
     if cfg.kind == "livelink":
-        enc: Encoder | MultiEncoder = LiveLinkEncoder(cfg.subject, cfg.device_id, cfg.mirror)
-        return Output(f"livelink {cfg.host}:{port}", enc, UdpTransport(cfg.host, port, label="livelink"))
+        ll = {i: LiveLinkEncoder(subject, cfg.device_id, cfg.mirror) for i, subject in served}
+        name = f"livelink {cfg.host}:{port}"
+        return Output(name, ll[first], UdpTransport(cfg.host, port, label="livelink"), routes=ll)
     if cfg.kind == "osc":
         label = f"osc {cfg.scheme}"
-        enc = OscEncoder(cfg.scheme, cfg.mirror, speech=cfg.speech)
-        return Output(f"{label} {cfg.host}:{port}", enc, UdpTransport(cfg.host, port, label=label))
+        osc = {i: OscEncoder(cfg.scheme, cfg.mirror, speech=cfg.speech, subject=subject if several else None)
+               for i, subject in served}  # fmt: skip
+        return Output(f"{label} {cfg.host}:{port}", osc[first], UdpTransport(cfg.host, port, label=label),
+                      routes=osc)  # fmt: skip
     if cfg.kind == "zmq":
-        enc = ZmqEncoder(cfg.format, cfg.topic, cfg.subject, cfg.device_id, cfg.mirror)
+        zm = {i: ZmqEncoder(cfg.format, cfg.topic, subject, cfg.device_id, cfg.mirror)
+              for i, subject in served}  # fmt: skip
         transport = ZmqPubTransport(cfg.endpoint, label="zmq")
-        return Output(f"zmq {cfg.format} {transport.last_endpoint}", enc, transport)
+        return Output(f"zmq {cfg.format} {transport.last_endpoint}", zm[first], transport, routes=zm)
     if cfg.kind == "vrchat":
-        return _build_vrchat(cfg, port)
+        return _build_vrchat(cfg, port, first)
     if cfg.kind == "ifacialmocap":
-        return _build_ifacialmocap(cfg, port)
+        return _build_ifacialmocap(cfg, port, first)
     if cfg.kind == "console":
         enc = ConsoleEncoder(
             cfg.channels,
@@ -76,16 +104,47 @@ def build_output(cfg: OutputConfig) -> Output:
             mirror=cfg.mirror,
         )
         label = f"console {cfg.transport}"
+        routes = {first: enc}
         if cfg.transport == "tcp":
             tcp = TcpTransport(cfg.host, port, framing=cfg.framing, label=label)
-            return Output(f"{label} {cfg.host}:{port}", enc, tcp)
-        return Output(f"{label} {cfg.host}:{port}", enc, UdpTransport(cfg.host, port, label=label))
+            return Output(f"{label} {cfg.host}:{port}", enc, tcp, routes=routes)
+        udp = UdpTransport(cfg.host, port, label=label)
+        return Output(f"{label} {cfg.host}:{port}", enc, udp, routes=routes)
     raise BridgeError(
         f"output kind {cfg.kind!r} is not known; allowed: livelink, osc, zmq, vrchat, ifacialmocap, console"
     )
 
 
-def _build_vrchat(cfg: OutputConfig, port: int) -> Output:
+def _subjects(cfg: OutputConfig, performers: Sequence[tuple[int, str | None]]) -> list[tuple[int, str]]:
+    """(index, subject) of each performer served, subjects resolved; refuses (one line each)
+    what no receiver could tell apart."""
+    what = f"{cfg.kind} output"
+    served = [(int(i), cfg.subject if subject is None else subject) for i, subject in performers]
+    indices = [i for i, _ in served]
+    if not served or min(indices) < 0 or len(set(indices)) != len(indices):
+        raise ValueError(f"{what}: performers must be distinct indices >= 0, got {list(performers)!r}")
+    if len(served) == 1:
+        return served
+    if subjectless(cfg):
+        raise BridgeError(f"{what} serves {len(served)} performers, but its receivers know no subject: "
+                          "it takes exactly one; restrict it with performers = [\"name\"] "
+                          "(one output per performer)")  # fmt: skip
+    seen: dict[str, int] = {}
+    for i, subject in served:
+        if subject in seen:
+            raise BridgeError(f"{what}: performers {seen[subject]} and {i} both have subject {subject!r}, "
+                              "which its receivers cannot tell apart; give each performer its own subject "
+                              "(performer.subject)")  # fmt: skip
+        seen[subject] = i
+    if cfg.device_id is not None and (cfg.kind == "livelink" or cfg.format == "livelink"):
+        raise BridgeError(f"{what}: device_id = {cfg.device_id!r} is one device's id, but the output serves "
+                          f"{len(served)} performers and Unreal keys each subject by its device; leave "
+                          "device_id unset (each subject gets its own derived UUID) or restrict the output "
+                          "with performers = [\"name\"]")  # fmt: skip
+    return served
+
+
+def _build_vrchat(cfg: OutputConfig, port: int, performer: int) -> Output:
     """The VRChat output, on the avatar's own parameters when a config file is given, and
     following ``/avatar/change`` when it can listen on VRChat's OSC output port."""
     avatar = load_avatar_config(cfg.avatar_config) if cfg.avatar_config is not None else None
@@ -113,10 +172,10 @@ def _build_vrchat(cfg: OutputConfig, port: int) -> Output:
     if avatar is not None:
         log.info("vrchat output: avatar %s (%s) from %s: %s", avatar.id, avatar.name, avatar.source,
                  enc.plan.describe())  # fmt: skip
-    return VrchatOutput(name, enc, transport, follower)
+    return VrchatOutput(name, enc, transport, follower, performer=performer)
 
 
-def _build_ifacialmocap(cfg: OutputConfig, port: int) -> Output:
+def _build_ifacialmocap(cfg: OutputConfig, port: int, performer: int) -> Output:
     """The iFacialMocap output: the configured destination, plus every receiver that sends
     the app's start string to ``listen_port`` (the bridge plays the phone)."""
     transport = UdpTransport(cfg.host, port, label="ifacialmocap")
@@ -134,7 +193,7 @@ def _build_ifacialmocap(cfg: OutputConfig, port: int) -> Output:
             phone = Phone(sock, reply_port=cfg.reply_port, timeout_s=cfg.request_timeout_s)
             log.info("ifacialmocap output: answering iFacialMocap start strings on UDP port %d",
                      sock.getsockname()[1])  # fmt: skip
-    return IFacialMocapOutput(name, cfg.mirror, transport, phone)
+    return IFacialMocapOutput(name, cfg.mirror, transport, phone, performer=performer)
 
 
 def _is_loopback(host: str) -> bool:

@@ -16,7 +16,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -304,33 +304,66 @@ class UdpTransport:
 
 
 class Output:
-    """One configured destination: an encoder and a transport under a readable name."""
+    """One configured destination: an encoder per performer it serves and one transport,
+    under a readable name.
 
-    def __init__(self, name: str, encoder: Encoder | MultiEncoder, transport: Transport) -> None:
+    ``routes`` maps a performer's index (:attr:`FaceFrame.performer`) to the encoder of its
+    subject; None means ``encoder`` serves performer 0 alone (one performer, as before
+    performers existed).  :meth:`publish` ignores the frames of any other performer: the
+    check is one index into a table built here, so serving many performers costs nothing
+    per frame beyond the encoder it picks.  ``encoder`` is the first performer's encoder.
+    """
+
+    def __init__(self, name: str, encoder: Encoder | MultiEncoder, transport: Transport, *,
+                 routes: Mapping[int, Encoder | MultiEncoder] | None = None) -> None:  # fmt: skip
         self.name = name
         self.encoder = encoder
         self.transport = transport
+        routes = {0: encoder} if routes is None else dict(routes)
+        if not routes or min(routes) < 0:
+            raise ValueError(f"output {name}: routes must map performer indices >= 0 to encoders")
+        #: performer index -> its encoder, for every performer this output serves
+        self.encoders: dict[int, Encoder | MultiEncoder] = routes
         reach = getattr(transport, "reachability", None)
         if isinstance(reach, Reachability):
             reach.name = name  # its lines then name the output as every other line does
         self._health = getattr(transport, "health", None)
-        self._packets = getattr(encoder, "packet_views", None)
+        self._multi = hasattr(encoder, "packet_views")
+        if any(hasattr(e, "packet_views") != self._multi for e in routes.values()):
+            raise ValueError(f"output {name}: every performer's encoder must be of one kind")
+        # performer index -> the bound method that encodes its frames (None: not served)
+        table: list = [None] * (max(routes) + 1)
+        for i, enc in routes.items():
+            table[i] = enc.packet_views if self._multi else enc.encode_view  # type: ignore[union-attr]
+        self._route: tuple = tuple(table)
+        self._served = len(table)
         self._send_batch = getattr(transport, "send_batch", None)
         take_resync = getattr(transport, "take_resync", None)
-        resync = getattr(encoder, "resync", None)
-        self._take_resync = take_resync if resync is not None else None
-        self._resync = resync
+        resync = [r for r in (getattr(e, "resync", None) for e in routes.values()) if r is not None]
+        self._take_resync = take_resync if resync else None
+        self._resync = tuple(resync)
+
+    def serves(self, performer: int) -> bool:
+        """Whether frames of ``performer`` go out here."""
+        return 0 <= performer < self._served and self._route[performer] is not None
 
     def publish(self, frame: FaceFrame) -> None:
-        """Encode and hand off one frame.  Uses zero-copy views: transports send
-        synchronously (the kernel or libzmq copies) or copy before queueing, so a view is
-        never kept past this call."""
-        if self._packets is None:
-            self.transport.send(self.encoder.encode_view(frame))  # type: ignore[union-attr]
+        """Encode and hand off one frame of a performer this output serves; ignore any other.
+        Uses zero-copy views: transports send synchronously (the kernel or libzmq copies)
+        or copy before queueing, so a view is never kept past this call."""
+        i = frame.performer
+        if not 0 <= i < self._served:
+            return
+        encode = self._route[i]
+        if encode is None:
+            return
+        if not self._multi:
+            self.transport.send(encode(frame))
             return
         if self._take_resync is not None and self._take_resync():
-            self._resync()  # type: ignore[misc]
-        packets = self._packets(frame)
+            for resync in self._resync:
+                resync()
+        packets = encode(frame)
         if not packets:
             return
         if self._send_batch is not None:

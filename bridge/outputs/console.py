@@ -117,6 +117,8 @@ class ConsoleEncoder:
         self._src = mirror_permutation(ARKIT_NAMES)[src] if mirror else src
         self.template = OscTemplate(addresses, arg_type="i" if value_type == "int" else "f", bundle=bundle)
         self._all = np.arange(len(idx), dtype=np.intp)
+        self._scaled = np.zeros(NUM_BLENDSHAPES, dtype=np.float64)  # all 52 scaled, then picked
+        self._out = np.zeros(len(idx), dtype=np.float64)
         self._last: np.ndarray | None = None  # values last sent, per channel
         self._last_full = 0  # frame number of the last full send
 
@@ -135,18 +137,28 @@ class ConsoleEncoder:
         """Send every channel on the next frame (the receiver may have missed some)."""
         self._last = None
 
-    def scale(self, weights: np.ndarray) -> np.ndarray:
-        """Blendshape weights -> output values (float64; whole numbers for ``int``)."""
-        out = self.lo + np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0) * (self.hi - self.lo)
-        np.clip(out, min(self.lo, self.hi), max(self.lo, self.hi), out=out)
+    def scale(self, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Blendshape weights -> output values (float64; whole numbers for ``int``), into
+        ``out`` when given.  NaN becomes ``low``; everything is clamped to the range."""
+        if out is None:
+            out = np.empty(np.shape(weights), dtype=np.float64)
+        np.multiply(weights, self.hi - self.lo, out=out, dtype=np.float64)
+        out += self.lo
+        # fmax/fmin keep the number over a NaN, so bounding by ``lo`` first turns NaN into lo
+        # (and a value equal to a bound stays itself, as np.clip keeps it)
+        to_lo, to_hi = (np.fmax, np.fmin) if self.lo < self.hi else (np.fmin, np.fmax)
+        to_lo(out, self.lo, out=out)
+        to_hi(out, self.hi, out=out)
         if self.value_type == "int":
             np.rint(out, out=out)
             np.clip(out, *_INT32, out=out)
         return out
 
     def due(self, frame: FaceFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(values, indices of the channels to send) for this frame; updates the state."""
-        out = self.scale(frame.values[self._src])
+        """(values, indices of the channels to send) for this frame; updates the state.
+        The values are a buffer reused by the next call."""
+        np.take(self.scale(frame.values, self._scaled), self._src, out=self._out)
+        out = self._out
         if not self.send_on_change:
             return out, self._all
         n = frame.number

@@ -25,6 +25,7 @@ asks for ``sendDataVersion=v2``; the rest is identical.  Who gets which version 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -78,18 +79,34 @@ class IFacialMocapEncoder:
         shapes = "|".join(f"{n}{sep}%d" for n in IFACIALMOCAP_NAMES)
         angles = ",".join(["%.4f"] * 3)
         bones = f"=head#{angles},0.0000,0.0000,0.0000|rightEye#{angles}|leftEye#{angles}|"
-        self._template = f"{LEAD_FIELD}{sep}0|{shapes}|{bones}"
+        self._template = f"{LEAD_FIELD}{sep}0|{shapes}|{bones}".encode("ascii")
         perm = mirror_permutation(LIVELINK_NAMES) if mirror else np.arange(len(LIVELINK_NAMES))
         self._shape_src = perm[:NUM_BLENDSHAPES]
         head_perm = perm[NUM_BLENDSHAPES:] - NUM_BLENDSHAPES
         self._angle_src = head_perm[list(_HEAD + _RIGHT_EYE + _LEFT_EYE)]
+        # Per-frame work in these buffers (float64, as the percentages were always rounded in).
+        self._scaled = np.zeros(NUM_BLENDSHAPES, dtype=np.float64)
+        self._degrees = np.zeros(len(head_perm), dtype=np.float64)
+        self._shapes = np.zeros(NUM_BLENDSHAPES, dtype=np.float64)
+        self._ints = np.zeros(NUM_BLENDSHAPES, dtype=np.int64)
+        self._angles = np.zeros(len(self._angle_src), dtype=np.float64)
 
     def encode(self, frame: FaceFrame) -> bytes:
-        """The datagram for ``frame``."""
-        v = np.nan_to_num(np.asarray(frame.values, dtype=np.float64)[self._shape_src], nan=0.0)
-        ints = np.clip(np.rint(v * 100.0), 0, 100).astype(np.int64).tolist()
-        deg = np.nan_to_num(np.asarray(frame.head, dtype=np.float64)[self._angle_src] * 180.0)
-        return (self._template % (*ints, *deg.tolist())).encode("ascii")
+        """The datagram for ``frame``: each weight times 100, rounded half to even and clamped
+        to 0..100 (NaN as 0); angles in degrees with 4 decimals (NaN as 0, +-inf as +-max)."""
+        shapes = self._shapes
+        np.multiply(frame.values, 100.0, out=self._scaled, dtype=np.float64)  # in float64, as always
+        np.take(self._scaled, self._shape_src, out=shapes)
+        np.fmax(shapes, 0.0, out=shapes)  # fmax/fmin pick the number over a NaN: NaN -> 0
+        np.fmin(shapes, 100.0, out=shapes)
+        np.rint(shapes, out=self._ints, casting="unsafe")
+        angles = self._angles
+        np.multiply(frame.head, 180.0, out=self._degrees, dtype=np.float64)
+        np.take(self._degrees, self._angle_src, out=angles)
+        deg = angles.tolist()
+        if not math.isfinite(sum(deg)):  # rare: a non-finite angle, or a sum past float64
+            deg = np.nan_to_num(angles).tolist()
+        return self._template % (*self._ints.tolist(), *deg)
 
     def encode_view(self, frame: FaceFrame) -> memoryview:
         return memoryview(self.encode(frame))

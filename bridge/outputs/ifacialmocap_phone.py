@@ -227,16 +227,20 @@ class IFacialMocapOutput(Output):
     gets only its own stream (no duplicate datagrams).  Each version is encoded at most
     once per frame."""
 
-    def __init__(self, name: str, mirror: bool, transport: UdpTransport, phone: Phone | None) -> None:
-        self.encoders = {v: IFacialMocapEncoder(mirror, v) for v in ("v1", "v2")}  # type: ignore[arg-type]
-        super().__init__(name, self.encoders["v1"], transport)
+    def __init__(self, name: str, mirror: bool, transport: UdpTransport, phone: Phone | None, *,
+                 performer: int = 0) -> None:  # fmt: skip
+        #: one encoder per text version a receiver may ask for
+        self.versions = {v: IFacialMocapEncoder(mirror, v) for v in ("v1", "v2")}  # type: ignore[arg-type]
+        super().__init__(name, self.versions["v1"], transport, routes={performer: self.versions["v1"]})
+        self._v1, self._v2 = self.versions["v1"], self.versions["v2"]
         self.phone = phone
+        self.performer = performer
         self._destination = tuple(transport.address[:2])
 
     def publish(self, frame: FaceFrame) -> None:
         phone = self.phone
-        if phone is None:
-            super().publish(frame)
+        if phone is None or frame.performer != self.performer:
+            super().publish(frame)  # (ignores another performer's frame)
             return
         now = time.monotonic()
         phone.poll(now)
@@ -244,16 +248,17 @@ class IFacialMocapOutput(Output):
         if not requesters:
             super().publish(frame)
             return
-        packets: dict[str, bytes] = {}
+        v1 = v2 = None  # each version encoded at most once
         shadowed = False
         for r in requesters:
             shadowed = shadowed or r.address == self._destination
-            data = packets.get(r.version)
-            if data is None:
-                data = packets[r.version] = self.encoders[r.version].encode(frame)
+            if r.version == "v2":
+                data = v2 = v2 or self._v2.encode(frame)
+            else:
+                data = v1 = v1 or self._v1.encode(frame)
             phone.send(r, data, now)
         if not shadowed:
-            self.transport.send(packets.get("v1") or self.encoders["v1"].encode(frame))
+            self.transport.send(v1 or self._v1.encode(frame))
 
     def close(self) -> None:
         if self.phone is not None:

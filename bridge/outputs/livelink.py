@@ -90,7 +90,8 @@ class LiveLinkEncoder:
     ``encode`` returns a fresh ``bytes``; ``encode_view`` returns a ``memoryview`` of the
     internal buffer, valid until the next call (what :class:`~bridge.outputs.base.Output`
     uses: the kernel copies on ``sendto``).  ``frame.subject`` is ignored: the subject is
-    fixed per output because Live Link replaces a device's subject when its name changes.
+    fixed per encoder because Live Link replaces a device's subject when its name changes (an
+    output serving several performers holds one encoder, one subject and device id, for each).
     ``mirror`` swaps every Left/Right value, eye rotations included (UE's mirror option).
 
     ``prefix`` is placed before the packet in the same buffer; :class:`ZmqEncoder` uses it

@@ -24,6 +24,7 @@ from bridge.blendshapes import EPIC_NAMES, NUM_BLENDSHAPES, mirror_permutation
 from bridge.errors import BridgeError
 from bridge.frame import FPS, FaceFrame
 from bridge.outputs.base import inverse_permutation, wrap_int32
+from bridge.outputs.osc_template import check_address
 
 OscScheme = Literal["arkit", "vmc"]
 SCHEMES: tuple[str, ...] = ("arkit", "vmc")
@@ -43,12 +44,17 @@ _I32 = struct.Struct(">i")
 _F32 = struct.Struct(">f")
 
 
-def _messages(scheme: str, speech: bool = False) -> list[OscMessageBuilder]:
+def arkit_prefix(subject: str | None = None) -> str:
+    """``/arkit/`` for one performer; ``/arkit/<subject>/`` when an output serves several."""
+    return ARKIT_PREFIX if subject is None else f"{ARKIT_PREFIX}{subject}/"
+
+
+def _messages(scheme: str, speech: bool = False, prefix: str = ARKIT_PREFIX) -> list[OscMessageBuilder]:
     """The bundle's messages, float slots filled with their index (checked below)."""
     msgs = []
     for i, name in enumerate(EPIC_NAMES):
         if scheme == "arkit":
-            m = OscMessageBuilder(ARKIT_PREFIX + name)
+            m = OscMessageBuilder(prefix + name)
         else:
             m = OscMessageBuilder(VMC_VALUE_ADDRESS)
             m.add_arg(name, OscMessageBuilder.ARG_TYPE_STRING)
@@ -56,10 +62,10 @@ def _messages(scheme: str, speech: bool = False) -> list[OscMessageBuilder]:
         msgs.append(m)
     if scheme == "arkit":
         if speech:
-            sp = OscMessageBuilder(ARKIT_SPEECH_ADDRESS)
+            sp = OscMessageBuilder(prefix + "speech")
             sp.add_arg(_SPEECH_PLACEHOLDER, OscMessageBuilder.ARG_TYPE_FLOAT)
             msgs.append(sp)
-        m = OscMessageBuilder(ARKIT_FRAME_ADDRESS)
+        m = OscMessageBuilder(prefix + "frame")
         m.add_arg(0x5A5A5A5A, OscMessageBuilder.ARG_TYPE_INT)
         msgs.append(m)
         return msgs
@@ -69,6 +75,15 @@ def _messages(scheme: str, speech: bool = False) -> list[OscMessageBuilder]:
     t.add_arg(_TIME_PLACEHOLDER, OscMessageBuilder.ARG_TYPE_FLOAT)
     msgs += [ok, t, OscMessageBuilder(VMC_APPLY_ADDRESS)]
     return msgs
+
+
+def check_subject(subject: str) -> None:
+    """One-line BridgeError unless ``subject`` can be one part of an OSC address."""
+    if "/" in subject:
+        raise BridgeError(f"osc output: subject {subject!r} contains '/', which would split its OSC "
+                          "address; give the performer a subject without it (performer.subject)")
+    check_address(arkit_prefix(subject) + "JawOpen", f"osc output: subject {subject!r}",
+                  "give the performer a subject without spaces or any of #*,?[]{} (performer.subject)")
 
 
 def _last_arg_offsets(dgram: bytes) -> list[int]:
@@ -91,17 +106,26 @@ class OscEncoder:
     ``/VMC/Ext/T f`` (``frame.number / 30``), then ``/VMC/Ext/Blend/Apply``.
     ``encode`` returns fresh ``bytes``; ``encode_view`` a view of the template, valid until
     the next call.  ``mirror`` swaps every Left/Right value (names stay in place).
+    ``subject`` (``arkit`` only) puts every address under ``/arkit/<subject>/``: what an
+    output serving several performers sends for each; None keeps ``/arkit/<Name>``.
     """
 
-    def __init__(self, scheme: OscScheme = "arkit", mirror: bool = False, speech: bool = False) -> None:
+    def __init__(self, scheme: OscScheme = "arkit", mirror: bool = False, speech: bool = False,
+                 subject: str | None = None) -> None:  # fmt: skip
         if scheme not in SCHEMES:
             raise BridgeError(f"osc output: scheme {scheme!r} is not known; use arkit or vmc")
         if speech and scheme != "arkit":
             raise BridgeError('osc output: speech = true needs scheme = "arkit" (VMC has no such clip)')
+        if subject is not None:
+            if scheme != "arkit":
+                raise BridgeError('osc output: only scheme = "arkit" carries a subject '
+                                  "(VMC serves one performer)")
+            check_subject(subject)
         self.scheme = scheme
         self.mirror = mirror
+        self.subject = subject
         bundle = OscBundleBuilder(IMMEDIATELY)
-        for m in _messages(scheme, speech):
+        for m in _messages(scheme, speech, arkit_prefix(subject)):
             bundle.add_content(m.build())
         dgram = bundle.build().dgram
         offsets = _last_arg_offsets(dgram)

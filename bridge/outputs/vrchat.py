@@ -298,8 +298,8 @@ class VrchatOutput(Output):
     """The VRChat output; owns the thread that follows the avatar (when listening)."""
 
     def __init__(self, name: str, encoder: VrchatEncoder, transport: Transport,
-                 follower: AvatarFollower | None = None) -> None:  # fmt: skip
-        super().__init__(name, encoder, transport)
+                 follower: AvatarFollower | None = None, *, performer: int = 0) -> None:  # fmt: skip
+        super().__init__(name, encoder, transport, routes={performer: encoder})
         self.follower = follower
 
     def close(self) -> None:
