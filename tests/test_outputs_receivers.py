@@ -712,6 +712,9 @@ def test_tcp_receiver_that_stops_reading_never_blocks_publish() -> None:
         out = Output("console tcp", ConsoleEncoder(), transport)
         frames = [make_frame(k) for k in range(3000)]  # ~5 MB of OSC: far beyond every buffer
         took = timed_publishes(out, frames)
+        deadline = time.monotonic() + 5.0  # the sender thread may not have run yet on a busy machine
+        while transport.connects == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         stats = out.stats()
         t0 = time.perf_counter()
         out.close()
