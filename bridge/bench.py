@@ -131,7 +131,7 @@ def run_bench(
     import soundfile
 
     from bridge.cli.common import apply_overrides
-    from bridge.pipeline import Bridge
+    from bridge.engine import Bridge
     from bridge.signals import speech_like
 
     cfg = config or BridgeConfig()

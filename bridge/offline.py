@@ -71,8 +71,8 @@ class Audio:
 
 def read_audio(path: str | Path, channel: int | str = "mix", block_seconds: float = 1.0) -> Audio:
     """Decode ``path`` block by block through the realtime conditioner (same mixing, same resampler)."""
-    from bridge.conditioner import Conditioner
-    from bridge.sources.file import open_audio_file
+    from bridge.audio.conditioner import Conditioner
+    from bridge.audio.file import open_audio_file
 
     f = open_audio_file(path)
     try:
@@ -219,7 +219,7 @@ def render(
     model: Any = None,
 ) -> Render:
     """Render ``source`` (a path or :class:`Audio`) with ``cfg``'s model and post chain."""
-    from bridge.pipeline import load_model
+    from bridge.engine import load_model
 
     audio = source if isinstance(source, Audio) else read_audio(source, cfg.input.channel)
     chain = build_post_chain(cfg.post, raw=raw)
@@ -255,7 +255,7 @@ def render_streaming(
     publish many frames with more right-hand context than realtime ever has), and
     the stream pulls audio only when the next hop needs it (``Bridge(live_hops=True)``).
     """
-    from bridge.pipeline import Bridge
+    from bridge.engine import Bridge
 
     inp = dataclasses.replace(cfg.input, kind="file", file=str(path), realtime=False)
     sched = dataclasses.replace(cfg.schedule, lookahead_frames=lookahead)

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from virtual_mic import virtual_mic, virtual_mic_available
 
-from bridge.errors import BridgeError
-from bridge.sources.device import (
+from bridge.audio.device import (
     PORTAUDIO_MISSING,
     DeviceSource,
     describe_devices,
     list_input_devices,
     resolve_device,
 )
+from bridge.errors import BridgeError
 
 UNAVAILABLE = virtual_mic_available()
 needs_mic = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"virtual mic: {UNAVAILABLE}")
@@ -92,7 +92,7 @@ def check_capture(src: DeviceSource, sig: np.ndarray, seconds: float = 1.5) -> N
 
 
 def test_import_does_not_need_portaudio() -> None:
-    code = "import sys, bridge.sources.device; assert 'sounddevice' not in sys.modules"
+    code = "import sys, bridge.audio.device; assert 'sounddevice' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -184,7 +184,7 @@ def test_a_lost_stream_is_let_go_and_the_device_reopened(
     virtual mic restarts its file on every open).  Here the device never really went away:
     losing a stream with PortAudio's JACK host API loaded must not make this test process
     skip terminating PortAudio, so that marker is replaced."""
-    monkeypatch.setattr("bridge.sources.device.mark_unsafe_to_terminate", lambda reason: None)
+    monkeypatch.setattr("bridge.audio.device.mark_unsafe_to_terminate", lambda reason: None)
     name, sig = mic16
     src = DeviceSource(name, samplerate=16000, channels=1)
     src.start()
@@ -221,8 +221,8 @@ def test_a_lost_stream_is_let_go_and_the_device_reopened(
 def test_reinitialised_portaudio_finds_the_device_again(mic16: tuple[str, np.ndarray]) -> None:
     """What a look for a lost device does where its index may have changed (a USB microphone
     plugged in again): re-initialise PortAudio, find the device by name and host API."""
-    from bridge.sources.device import _find_again, _sounddevice
-    from bridge.sources.portaudio_control import reinitialise
+    from bridge.audio.device import _find_again, _sounddevice
+    from bridge.audio.portaudio_control import reinitialise
 
     name, sig = mic16
     src = DeviceSource(name, samplerate=16000, channels=1)

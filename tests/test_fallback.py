@@ -10,9 +10,9 @@ import soundfile
 
 from bridge.blendshapes import ARKIT_NAMES
 from bridge.config import parse_config
-from bridge.fallback import FallbackSwitch
+from bridge.engine import Bridge
+from bridge.model.fallback import FallbackSwitch
 from bridge.modeltools.synth import oracle_value
-from bridge.pipeline import Bridge
 from bridge.signals import staircase, staircase_level
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile
 
+from bridge.audio.ring import SampleRing
 from bridge.blendshapes import ARKIT_NAMES
 from bridge.config import parse_config
+from bridge.engine import Bridge
 from bridge.modeltools.synth import oracle_value
-from bridge.pipeline import Bridge
-from bridge.ring import SampleRing
 from bridge.signals import staircase, staircase_level
 
 JAW = ARKIT_NAMES.index("jawOpen")
@@ -41,7 +41,7 @@ def run(cfg: dict, source: object | None = None, monkeypatch: pytest.MonkeyPatch
     """Run the bridge; the frame numbers and jawOpen values it published, in order."""
     if source is not None:
         assert monkeypatch is not None
-        monkeypatch.setattr("bridge.pipeline.build_source", lambda cfg, duration=None: source)
+        monkeypatch.setattr("bridge.engine.build_source", lambda cfg, duration=None: source)
     numbers: list[int] = []
     jaw: list[float] = []
 

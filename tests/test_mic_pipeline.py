@@ -13,8 +13,8 @@ from virtual_mic import virtual_mic, virtual_mic_available
 
 from bridge.blendshapes import ARKIT_NAMES, LIVELINK_NAMES
 from bridge.config import parse_config
+from bridge.engine import Bridge
 from bridge.modeltools.synth import oracle_value
-from bridge.pipeline import Bridge
 from bridge.signals import staircase, staircase_level
 from tests.receivers import LiveLinkReceiver
 

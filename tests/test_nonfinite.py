@@ -21,11 +21,11 @@ from onnx import helper, numpy_helper
 
 from bridge.blendshapes import EPIC_NAMES, LIVELINK_NAMES, NUM_BLENDSHAPES, canonical_index
 from bridge.config import parse_config
+from bridge.engine import Bridge
 from bridge.errors import BridgeError
 from bridge.finite import END_AFTER_FRAMES, LIMIT, LastFinite, OutputGuard
 from bridge.frame import FPS
 from bridge.modeltools.synth import build_oracle, oracle_value, save_model
-from bridge.pipeline import Bridge
 from bridge.post import Clamp, build_post_chain
 from bridge.post.base import FrameContext
 from bridge.post.blink import Blinks

@@ -218,7 +218,7 @@ def test_compare_streaming_oracle_matches_and_cli_reports(tmp_path: Path) -> Non
 
 
 def test_calibrate_from_a_silent_file_and_use_it(tmp_path: Path) -> None:
-    from bridge.pipeline import load_model
+    from bridge.engine import load_model
 
     silent = tmp_path / "silent.wav"
     soundfile.write(str(silent), np.zeros(16000 * 2, np.float32), 16000)

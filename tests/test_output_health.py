@@ -16,10 +16,10 @@ import pytest
 import soundfile
 
 from bridge.config import OutputConfig, parse_config
+from bridge.engine import Bridge
 from bridge.frame import FaceFrame
 from bridge.outputs import ConsoleEncoder, Output, TcpTransport, UdpTransport, build_output
 from bridge.outputs.base import Health, describe_health
-from bridge.pipeline import Bridge
 from tests.receivers import LiveLinkReceiver
 from tests.test_outputs_receivers import TcpOscReceiver, free_port
 
@@ -172,9 +172,9 @@ def test_progress_line_carries_each_outputs_state(tmp_path: Path, caplog: pytest
         deadline = time.monotonic() + 3.0
         while bridge.outputs[1].health().state != "unreachable" and time.monotonic() < deadline:
             time.sleep(0.01)
-        caplog.set_level(logging.INFO, logger="bridge.pipeline")
+        caplog.set_level(logging.INFO, logger="bridge.engine")
         bridge._log_status()
-        logged = [r.getMessage() for r in caplog.records if r.name == "bridge.pipeline"]
+        logged = [r.getMessage() for r in caplog.records if r.name == "bridge.engine"]
     finally:
         bridge.close()
         ll.close()

@@ -22,6 +22,7 @@ from pythonosc.osc_tcp_server import ThreadingOSCTCPServer
 
 from bridge.blendshapes import ARKIT_NAMES, EPIC_NAMES, HEAD_EYE_NAMES
 from bridge.config import OutputConfig, parse_config
+from bridge.engine import Bridge
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
 from bridge.modeltools.synth import oracle_value
@@ -36,7 +37,6 @@ from bridge.outputs import (
 )
 from bridge.outputs.tcp import length_frame, slip_frame
 from bridge.outputs.unified import UNIFIED_NAMES, UNIFIED_PARAMS
-from bridge.pipeline import Bridge
 from bridge.signals import staircase, staircase_level
 from tests.decoders import decode_osc_bundle, decode_osc_message
 from tests.receivers import OscReceiver

@@ -18,8 +18,8 @@ import soundfile
 
 from bridge.blendshapes import ALPHABETICAL_NAMES, ARKIT_NAMES, EPIC_NAMES, LIVELINK_NAMES
 from bridge.config import parse_config
+from bridge.engine import Bridge
 from bridge.modeltools.synth import oracle_value
-from bridge.pipeline import Bridge
 from bridge.signals import staircase, staircase_level
 from tests.receivers import LiveLinkReceiver, OscReceiver, ZmqReceiver, wait_connected
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from bridge.sources.portaudio_control import PortAudioHung, PortAudioWorker, quiet_native_stderr
+from bridge.audio.portaudio_control import PortAudioHung, PortAudioWorker, quiet_native_stderr
 
 
 def test_a_call_returns_its_result_or_its_exception() -> None:
@@ -28,7 +28,7 @@ def test_a_hung_call_is_abandoned_within_its_timeout_and_blocks_no_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     unsafe: list[str] = []
-    monkeypatch.setattr("bridge.sources.portaudio_control.mark_unsafe_to_terminate", unsafe.append)
+    monkeypatch.setattr("bridge.audio.portaudio_control.mark_unsafe_to_terminate", unsafe.append)
     release = threading.Event()
     worker = PortAudioWorker("mic")
     t0 = time.monotonic()
@@ -92,7 +92,7 @@ def test_stderr_is_given_back_when_the_quiet_block_hangs(capfd: pytest.CaptureFi
 def test_a_background_call_past_its_timeout_is_found_hung_by_the_next_look(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("bridge.sources.portaudio_control.mark_unsafe_to_terminate", lambda reason: None)
+    monkeypatch.setattr("bridge.audio.portaudio_control.mark_unsafe_to_terminate", lambda reason: None)
     release = threading.Event()
     worker = PortAudioWorker("mic")
     assert worker.submit(release.wait, "closing the lost stream", 0.1) is True

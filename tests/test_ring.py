@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from bridge.ring import SampleRing
+from bridge.audio.ring import SampleRing
 
 
 def test_concurrent_writer_and_reader_lose_nothing_and_keep_order() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bridge.audio.history import AudioHistory
 from bridge.frame import frame_end_sample, frames_complete
-from bridge.history import AudioHistory
-from bridge.scheduler import HopScheduler
+from bridge.streams.scheduler import HopScheduler
 
 
 def test_frame_boundaries_are_exact() -> None:

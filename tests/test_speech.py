@@ -8,10 +8,10 @@ import numpy as np
 import soundfile
 
 from bridge.config import parse_config
+from bridge.engine import Bridge
 from bridge.model.ctc import CTC_VOCAB
-from bridge.pipeline import Bridge
 from bridge.signals import speech_like
-from bridge.speech import STEP_HOP, STEP_SPAN, SpeechTrack
+from bridge.streams.speech import STEP_HOP, STEP_SPAN, SpeechTrack
 
 
 def logits_for(tokens: list[str]) -> np.ndarray:

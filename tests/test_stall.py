@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 import soundfile
 
+from bridge.audio.ring import SampleRing
 from bridge.blendshapes import ARKIT_NAMES
 from bridge.config import parse_config
+from bridge.engine import Bridge
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
-from bridge.keepalive import EASE_S
-from bridge.pipeline import Bridge
-from bridge.ring import SampleRing
 from bridge.signals import staircase
+from bridge.streams.keepalive import EASE_S
 
 JAW = ARKIT_NAMES.index("jawOpen")
 
@@ -113,7 +113,7 @@ class QuietThenBackSource:
 
 def run_live(monkeypatch: pytest.MonkeyPatch, source: object, reconnect: bool, seconds: float,
              ) -> tuple[dict, list[tuple[int, float, float]], BaseException | None]:  # fmt: skip
-    monkeypatch.setattr("bridge.pipeline.build_source", lambda cfg, duration=None: source)
+    monkeypatch.setattr("bridge.engine.build_source", lambda cfg, duration=None: source)
     cfg = parse_config({"input": {"reconnect": reconnect},
                         "model": {"preset": "oracle", "providers": ["cpu"], "fallback": ""},
                         "output": []}, "t.toml")  # fmt: skip

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bridge.audio.history import AudioHistory
+from bridge.audio.ring import SampleRing
 from bridge.frame import frame_end_sample
-from bridge.history import AudioHistory
-from bridge.ring import SampleRing
-from bridge.scheduler import HopScheduler
-from bridge.stream import InputStream, first_frame_at_or_after
+from bridge.streams.scheduler import HopScheduler
+from bridge.streams.stream import InputStream, first_frame_at_or_after
 
 
 class RingSource:

@@ -123,6 +123,7 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
     frame k depicts audio [k/30, (k+1)/30).  The post chain of the config runs
     over the frames in order, as in realtime.
     """
+    from bridge.engine import load_model
     from bridge.offline import (
         OUTPUT_SUFFIXES,
         compare,
@@ -134,7 +135,6 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
         with_fixed_blinks,
         write_render,
     )  # fmt: skip
-    from bridge.pipeline import load_model
 
     setup_logging(False)
     if not (out or plot_path or compare_streaming):
@@ -288,7 +288,7 @@ def calibrate(seconds: float, device: str | None, input_file: str | None, config
 
 def _record_realtime(cfg: Any, seconds: float, source: str) -> tuple[np.ndarray, np.ndarray, str]:
     """The raw model output and frame RMS of ``seconds`` of input through the realtime path."""
-    from bridge.pipeline import Bridge
+    from bridge.engine import Bridge
     from bridge.post import PostChain
 
     bridge = Bridge(cfg, duration=seconds, live_hops=cfg.input.kind == "file")

@@ -71,7 +71,7 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
         interrupt.arm()  # a signal during the imports stops here, with --stats
         if stats_path:
             check_writable(stats_path, "--stats")
-        from bridge.pipeline import Bridge
+        from bridge.engine import Bridge
 
         cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device,
                               model=model, realtime=False if fast else None)  # fmt: skip
@@ -112,6 +112,6 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
 @friendly
 def devices() -> None:
     """List audio input devices with their rates and channel counts."""
-    from bridge.sources.device import describe_devices
+    from bridge.audio.device import describe_devices
 
     click.echo(describe_devices())

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bridge.audio.ring import SampleRing
 from bridge.errors import BridgeError
-from bridge.ring import SampleRing
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from bridge.ring import SampleRing
+from bridge.audio.ring import SampleRing
 
 
 class AudioSource(Protocol):

@@ -9,7 +9,7 @@ PortAudio enumerates devices once, when it is initialised (at the first
 until PortAudio is re-initialised.  ``a2e-bridge devices`` runs in a fresh
 process, so it always shows the current list; a lost device that comes back is
 reopened by its old index, or found again after re-initialising PortAudio where
-that is safe (see bridge/sources/portaudio_control.py).
+that is safe (see bridge/audio/portaudio_control.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.errors import BridgeError
-from bridge.ring import SampleRing
-from bridge.sources.portaudio_control import (
+from bridge.audio.portaudio_control import (
     PortAudioHung,
     PortAudioWorker,
     jack_host_api_loaded,
@@ -35,6 +33,8 @@ from bridge.sources.portaudio_control import (
     reinitialise,
     unsafe_to_terminate,
 )
+from bridge.audio.ring import SampleRing
+from bridge.errors import BridgeError
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class DeviceSource:
 
     The device is resolved at construction (so a bad name fails before anything
     starts); the stream is opened by :meth:`start`.  Every PortAudio control call
-    runs on a worker thread with a timeout (bridge/sources/portaudio_control.py):
+    runs on a worker thread with a timeout (bridge/audio/portaudio_control.py):
     the hop loop that calls :meth:`start`, :meth:`lose`, :meth:`reopen` and
     :meth:`stop` never waits on the device for long.
 

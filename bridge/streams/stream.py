@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridge.conditioner import Conditioner
+from bridge.audio.base import AudioSource
+from bridge.audio.conditioner import Conditioner
+from bridge.audio.history import AudioHistory
 from bridge.frame import FPS, SAMPLE_RATE, frame_end_sample, frames_complete
-from bridge.history import AudioHistory
-from bridge.scheduler import HopScheduler
-from bridge.sources.base import AudioSource
+from bridge.streams.scheduler import HopScheduler
 
 
 def first_frame_at_or_after(sample: int) -> int:

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from bridge import interrupt
+from bridge.audio.base import AudioSource
+from bridge.audio.liveness import LOOK_EVERY_S, InputWatch, Loss
 from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig
 from bridge.errors import BridgeError
-from bridge.fallback import FallbackEvent, FallbackSwitch
 from bridge.finite import OutputGuard
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
-from bridge.keepalive import RestPose
-from bridge.liveness import LOOK_EVERY_S, InputWatch, Loss
+from bridge.model.fallback import FallbackEvent, FallbackSwitch
 from bridge.model.hub import locate_model
 from bridge.model.presets import description_for, get_preset
 from bridge.model.runner import ModelRunner
@@ -31,10 +31,10 @@ from bridge.outputs import build_output
 from bridge.outputs.base import Output, describe_health
 from bridge.post import build_post_chain
 from bridge.post.base import FrameContext
-from bridge.sources.base import AudioSource
-from bridge.speech import SpeechTrack
 from bridge.stats import RunStats
-from bridge.stream import InputStream
+from bridge.streams.keepalive import RestPose
+from bridge.streams.speech import SpeechTrack
+from bridge.streams.stream import InputStream
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,11 @@ def _build_source(cfg: InputConfig, duration: float | None = None) -> AudioSourc
     if cfg.kind == "file":
         if not cfg.file:
             raise BridgeError('input.kind = "file" needs input.file (or --input FILE)')
-        from bridge.sources.file import FileSource
+        from bridge.audio.file import FileSource
 
         return FileSource(cfg.file, realtime=cfg.realtime, blocksize=cfg.blocksize,
                           ring_seconds=cfg.ring_seconds, max_seconds=duration)  # fmt: skip
-    from bridge.sources.device import DeviceSource
+    from bridge.audio.device import DeviceSource
 
     channels = None if cfg.channel == "mix" else int(cfg.channel) + 1
     return DeviceSource(cfg.device, samplerate=cfg.samplerate, channels=channels,
