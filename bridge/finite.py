@@ -67,8 +67,7 @@ class LastFinite:
         self.performers = performers
         #: each performer's last finite values ``[N, channels]``; rest until a finite value arrives
         self.last_by_performer = np.zeros((performers, channels), dtype=np.float32)
-        self._bufs: dict[str, np.ndarray] = {}
-        self._buf("abs", (performers, max_frames, channels), np.float32)
+        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         #: per frame of the last block that had a non-finite value: True where it had one ([P, F])
         self.bad_frames = np.zeros((performers, max_frames), dtype=bool)
 
@@ -83,11 +82,13 @@ class LastFinite:
         return self.bad_frames[0]
 
     def _buf(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        size = int(np.prod(shape))
-        buf = self._bufs.get(name)
-        if buf is None or buf.shape[0] < size:
-            buf = self._bufs[name] = np.zeros(max(size, 1), dtype=dtype)
-        return buf[:size].reshape(shape)
+        """A scratch array of ``shape``, one per (name, shape), made once."""
+        buf = self._bufs.get((name, shape))
+        if buf is None:
+            if len(self._bufs) > 256:  # batch shapes come and go: keep the set bounded
+                self._bufs.clear()
+            buf = self._bufs[(name, shape)] = np.zeros(shape, dtype=dtype)
+        return buf
 
     def fix(self, block: np.ndarray, rows: np.ndarray | None = None) -> int:
         """Fix ``block`` in place; return how many frames (of all its performers) had a

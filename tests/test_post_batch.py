@@ -18,7 +18,9 @@ from bridge.finite import OutputGuard
 from bridge.frame import frame_end_sample
 from bridge.post import GroupedPostChain, PostChain, build_post_chain, group_by_structure, structure_key
 from bridge.post.base import FrameContext, performer_seed
+from bridge.post.blink import Blinks
 from bridge.post.calibration import CalibrationData, save_calibration
+from bridge.post.gate import SilenceGate
 from tests.test_post import silero_standin
 
 HEAD = 9
@@ -159,7 +161,18 @@ def assert_same_per_performer(run: dict[str, Any]) -> None:
         np.testing.assert_allclose(run["head_b"][i], run["head_s"][i], rtol=1e-6, atol=1e-9)
 
 
-def test_batched_chain_equals_independent_chains_with_different_settings(tmp_path: Path) -> None:
+@pytest.fixture(params=["auto", "vector", "per-performer"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which path the gate and the blinks take: by batch size (small batches performer by
+    performer, the rest vectorised), always vectorised, or always performer by performer."""
+    size = {"auto": None, "vector": 0, "per-performer": 10**6}[request.param]
+    if size is not None:
+        monkeypatch.setattr(SilenceGate, "SMALL_BATCH", size)
+        monkeypatch.setattr(Blinks, "SMALL_BATCH", size)
+    return str(request.param)
+
+
+def test_batched_chain_equals_independent_chains_with_different_settings(tmp_path: Path, path: str) -> None:
     cfgs = uniform_cfgs(6, silero_standin(tmp_path / "silero_vad.onnx"))
     run = drive(cfgs, Streams(6, 700), steps=400, seed=1)
     chain = run["chain"]
@@ -250,7 +263,7 @@ def isolation_run(cfgs: list[PostConfig], streams: Streams, blocks: int = 240) -
 
 
 @pytest.mark.parametrize("fault", ["nan", "huge", "loud"])
-def test_one_performers_bad_input_changes_no_other_performer(fault: str, tmp_path: Path) -> None:
+def test_one_performers_bad_input_changes_no_other_performer(fault: str, tmp_path: Path, path: str) -> None:
     cfgs = uniform_cfgs(4, silero_standin(tmp_path / "silero_vad.onnx"))
     # and a performer of another structure (a second group)
     cfgs.append(

@@ -155,20 +155,18 @@ def stack(parts: Sequence[S]) -> S:
 
 
 class Scratch:
-    """Grow-only scratch buffers, sliced to the shape a call needs (no allocation once warm)."""
+    """Scratch buffers by name and shape, made once and reused (no allocation once warm)."""
 
     __slots__ = ("_bufs",)
 
     def __init__(self) -> None:
-        self._bufs: dict[str, np.ndarray] = {}
+        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-        """A C-contiguous array of ``shape`` (contents undefined)."""
-        size = 1
-        for s in shape:
-            size *= s
-        buf = self._bufs.get(name)
-        if buf is None or buf.shape[0] < size or buf.dtype != dtype:
-            buf = np.empty(max(size, 1), dtype=dtype)
-            self._bufs[name] = buf
-        return buf[:size].reshape(shape)
+        """A C-contiguous array of ``shape`` (contents undefined); one per (name, shape)."""
+        buf = self._bufs.get((name, shape))
+        if buf is None:
+            if len(self._bufs) > 256:  # batch shapes come and go: keep the set bounded
+                self._bufs.clear()
+            buf = self._bufs[(name, shape)] = np.empty(shape, dtype=dtype)
+        return buf

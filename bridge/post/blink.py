@@ -38,6 +38,9 @@ class Blinks:
     """Writes blinks into eyeBlinkLeft/Right (max with the model's value, or instead of it)."""
 
     delay_frames = 0
+    #: Batches of at most this many performers go performer by performer through the
+    #: frame-by-frame scheduler (~2 us a frame each; the vectorised path costs ~10 us a call).
+    SMALL_BATCH = 4
     ROW_ARRAYS = ("min_frames", "max_frames", "strength", "replace_model", "start", "scale", "_scheduled")
     ROW_LISTS = ("rngs", "starts_by_performer")
 
@@ -98,17 +101,19 @@ class Blinks:
             self._schedule(n, first + int(self.rngs[n].integers(BLINK_FRAMES, self.max_frames[n] + 1)))
         left, right = self.left, self.right
         replace = bool(self.replace_model[n])
+        start, scale = int(self.start[n]), float(self.scale[n])  # Python numbers: cheaper per frame
         for i in range(row.shape[0]):
             k = first + i
-            while k >= self.start[n] + BLINK_FRAMES:
-                self._schedule(n, int(self.start[n]) + self._interval(n))
+            while k >= start + BLINK_FRAMES:
+                self._schedule(n, start + self._interval(n))
+                start, scale = int(self.start[n]), float(self.scale[n])
             frame = row[i]
             if replace:
                 frame[left] = 0.0
                 frame[right] = 0.0
-            phase = k - int(self.start[n])
+            phase = k - start
             if phase >= 0:
-                v = float(BLINK_SHAPE[phase]) * float(self.scale[n])
+                v = float(BLINK_SHAPE[phase]) * scale
                 frame[left] = max(float(frame[left]), v)
                 frame[right] = max(float(frame[right]), v)
 
@@ -120,6 +125,10 @@ class Blinks:
             return
         rows = bctx.rows
         first = np.asarray(bctx.first_frame, dtype=np.int64)
+        if p <= self.SMALL_BATCH:
+            for i in range(p):
+                self._row(i if rows is None else int(rows[i]), values[i], int(first[i]))
+            return
         if rows is None:
             start, scale, scheduled, replace = self.start, self.scale, self._scheduled, self.replace_model
         else:

@@ -48,6 +48,7 @@ class Ema:
         self.delay_frames = int(self.delays[0])
         self._y = np.zeros((1, NUM_BLENDSHAPES), dtype=np.float32)
         self._started = np.zeros(1, dtype=bool)
+        self._all_started = False
         self._scratch = Scratch()
 
     def _stacked(self) -> None:
@@ -58,16 +59,18 @@ class Ema:
         bound(values)  # x - y of two huge values of opposite sign would overflow
         rows = None if ctx is None else ctx.rows
         if rows is None:
-            self._run(values, self._y, self._started, self.alpha)
+            if not self._all_started:
+                self._all_started = _start(values, self._y, self._started, None)
+            self._run(values, self._y, self.alpha)
             return
-        y, started = self._y[rows], self._started[rows]
-        self._run(values, y, started, self.alpha[rows])
-        self._y[rows], self._started[rows] = y, started
+        y = self._y[rows]
+        if not self._all_started:
+            self._all_started = _start(values, y, self._started, rows)
+        self._run(values, y, self.alpha[rows])
+        self._y[rows] = y
 
-    def _run(self, values: np.ndarray, y: np.ndarray, started: np.ndarray, alpha: np.ndarray) -> None:
-        p = values.shape[0]
-        _start(values, y, started)
-        d = self._scratch.get("d", (p, NUM_BLENDSHAPES))
+    def _run(self, values: np.ndarray, y: np.ndarray, alpha: np.ndarray) -> None:
+        d = self._scratch.get("d", y.shape)
         for f in range(values.shape[1]):
             x = values[:, f]
             np.subtract(x, y, out=d)
@@ -76,12 +79,16 @@ class Ema:
             x[...] = y
 
 
-def _start(values: np.ndarray, y: np.ndarray, started: np.ndarray) -> None:
-    """A performer's first frame starts its filter at that frame's value (exactly: x - y = 0)."""
-    if values.shape[1] and not started.all():
-        fresh = ~started
-        y[fresh] = values[fresh, 0]
-        started[...] = True
+def _start(values: np.ndarray, y: np.ndarray, started: np.ndarray, rows: np.ndarray | None) -> bool:
+    """A performer's first frame starts its filter at that frame's value (then x - y = 0, so
+    the first step leaves it there exactly).  ``y``: the batch rows' state; ``started``: every
+    performer's flag.  Returns whether every performer has started (then no more checks)."""
+    if values.shape[1]:
+        fresh = ~(started if rows is None else started[rows])
+        if fresh.any():
+            y[fresh] = values[fresh, 0]
+            started[slice(None) if rows is None else rows] = True
+    return bool(started.all())
 
 
 class OneEuro:
@@ -115,6 +122,7 @@ class OneEuro:
         self._y = np.zeros((1, n), dtype=np.float32)  # filtered value
         self._dy = np.zeros((1, n), dtype=np.float32)  # filtered speed
         self._started = np.zeros(1, dtype=bool)
+        self._all_started = False
         self._scratch = Scratch()
 
     def _stacked(self) -> None:
@@ -124,19 +132,22 @@ class OneEuro:
         values, ctx = as_batch(values, ctx)
         bound(values)  # speed (x - y) * fps must not overflow
         rows = None if ctx is None else ctx.rows
+        # a performer's first frame: y = x, and its speed stays 0 (x - y = 0)
         if rows is None:
-            self._run(values, self._y, self._dy, self._started, self._a_d, self._k0, self._k1)
+            if not self._all_started:
+                self._all_started = _start(values, self._y, self._started, None)
+            self._run(values, self._y, self._dy, self._a_d, self._k0, self._k1)
             return
-        y, dy, started = self._y[rows], self._dy[rows], self._started[rows]
-        self._run(values, y, dy, started, self._a_d[rows], self._k0[rows], self._k1[rows])
-        self._y[rows], self._dy[rows], self._started[rows] = y, dy, started
+        y, dy = self._y[rows], self._dy[rows]
+        if not self._all_started:
+            self._all_started = _start(values, y, self._started, rows)
+        self._run(values, y, dy, self._a_d[rows], self._k0[rows], self._k1[rows])
+        self._y[rows], self._dy[rows] = y, dy
 
-    def _run(self, values: np.ndarray, y: np.ndarray, dy: np.ndarray, started: np.ndarray,
-             a_d: np.ndarray, k0: np.ndarray, k1: np.ndarray) -> None:  # fmt: skip
-        p = values.shape[0]
-        _start(values, y, started)  # then this frame's speed is 0 and y stays x
-        t = self._scratch.get("t", (p, NUM_BLENDSHAPES))  # scratch
-        a = self._scratch.get("a", (p, NUM_BLENDSHAPES))  # per-channel smoothing factor
+    def _run(self, values: np.ndarray, y: np.ndarray, dy: np.ndarray, a_d: np.ndarray, k0: np.ndarray,
+             k1: np.ndarray) -> None:  # fmt: skip
+        t = self._scratch.get("t", y.shape)  # scratch
+        a = self._scratch.get("a", y.shape)  # per-channel smoothing factor
         fps, one = np.float32(self.fps), np.float32(1.0)
         for f in range(values.shape[1]):
             x = values[:, f]
