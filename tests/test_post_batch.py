@@ -21,6 +21,7 @@ from bridge.post.base import FrameContext, performer_seed
 from bridge.post.blink import Blinks
 from bridge.post.calibration import CalibrationData, save_calibration
 from bridge.post.gate import SilenceGate
+from bridge.post.head import HeadMotion
 from tests.test_post import silero_standin
 
 HEAD = 9
@@ -163,12 +164,13 @@ def assert_same_per_performer(run: dict[str, Any]) -> None:
 
 @pytest.fixture(params=["auto", "vector", "per-performer"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which path the gate and the blinks take: by batch size (small batches performer by
-    performer, the rest vectorised), always vectorised, or always performer by performer."""
+    """Which path the gate, the blinks and head motion take: by batch size (small batches
+    performer by performer, the rest vectorised), always vectorised, or always performer by
+    performer."""
     size = {"auto": None, "vector": 0, "per-performer": 10**6}[request.param]
     if size is not None:
-        monkeypatch.setattr(SilenceGate, "SMALL_BATCH", size)
-        monkeypatch.setattr(Blinks, "SMALL_BATCH", size)
+        for stage in (SilenceGate, Blinks, HeadMotion):
+            monkeypatch.setattr(stage, "SMALL_BATCH", size)
     return str(request.param)
 
 

@@ -71,6 +71,8 @@ class Ema:
 
     def _run(self, values: np.ndarray, y: np.ndarray, alpha: np.ndarray) -> None:
         d = self._scratch.get("d", y.shape)
+        if y.shape[0] == 1:  # one performer: a float32 scalar broadcasts cheaper than a [1, 1] array
+            alpha = alpha[0, 0]
         for f in range(values.shape[1]):
             x = values[:, f]
             np.subtract(x, y, out=d)
@@ -148,6 +150,8 @@ class OneEuro:
              k1: np.ndarray) -> None:  # fmt: skip
         t = self._scratch.get("t", y.shape)  # scratch
         a = self._scratch.get("a", y.shape)  # per-channel smoothing factor
+        if y.shape[0] == 1:  # one performer: float32 scalars broadcast cheaper than [1, 1] arrays
+            a_d, k0, k1 = a_d[0, 0], k0[0, 0], k1[0, 0]
         fps, one = np.float32(self.fps), np.float32(1.0)
         for f in range(values.shape[1]):
             x = values[:, f]
