@@ -12,10 +12,11 @@ Delay: none.  Each blink is one 7-frame shape (233 ms: a fast close, a frame
 held shut, a slower open), scaled 85-100 % of ``strength`` so no two are alike.
 
 Per performer: its own settings, its own random generator (seeded per performer index by
-the chain, so faces do not blink in unison) and schedule.  A block is vectorised over the
-performers; only a performer whose schedule moves within the block (a blink ends: once
-every few seconds) goes through the frame-by-frame scheduler, which draws its random
-numbers in exactly the order the single-stream stage did.
+the chain, so faces do not blink in unison) and schedule.  A block of many performers is
+vectorised over them; only a performer whose schedule moves within the block (a blink
+ends: once every few seconds) goes through the frame-by-frame scheduler, which draws its
+random numbers in exactly the order the single-stream stage did.  A batch of a few
+performers goes through that scheduler performer by performer (``SMALL_BATCH``).
 """
 
 from __future__ import annotations
@@ -121,8 +122,6 @@ class Blinks:
         values, bctx = as_batch(values, ctx)
         assert bctx is not None
         p, n = values.shape[0], values.shape[1]
-        if n == 0:
-            return
         rows = bctx.rows
         first = np.asarray(bctx.first_frame, dtype=np.int64)
         if p <= self.SMALL_BATCH:

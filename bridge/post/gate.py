@@ -20,10 +20,11 @@ gated channels reach 0 four frames (133 ms) after the audio stops and are at
 half gain on the onset frame, full gain one frame later.
 
 Every setting is per performer, the VAD kind included (one performer gated on the level
-alone, another on the CTC head, a third on its own Silero VAD session): the decision is
-a few numpy calls on ``[P]`` arrays per frame of the block, the gain one multiply on
-``[P, 52]``.  Only the Silero VAD, a stateful model of its own per performer, loops over
-the performers that use it.
+alone, another on the CTC head, a third on its own Silero VAD session): for a batch of
+many performers the decision is ~25 numpy calls on ``[P]`` arrays per frame of the block
+and the gain one multiply on ``[P, 52]``; a batch of a few goes performer by performer in
+plain Python, which is cheaper there (``SMALL_BATCH``).  The Silero VAD, a stateful model
+of its own per performer, runs per performer that uses it.
 """
 
 from __future__ import annotations
@@ -223,7 +224,6 @@ class SilenceGate:
             for n in range(self.performers)
         ]  # fmt: skip
         self._any_vad = bool(self._vad_kind.any())
-        self._vad_kinds = {_VAD_KINDS[k] for k in np.unique(self._vad_kind)}
 
     # ---- performer 0's view, as the single-stream gate had it (tests, plots) ----
     @property
@@ -289,7 +289,7 @@ class SilenceGate:
         for f in range(out.shape[0]):
             k = first + f
             lo, hi = frame_end_sample(k - 1) - base, frame_end_sample(k) - base
-            out[f] = vad.feed(audio[lo:hi])
+            out[f] = np.float32(vad.feed(audio[lo:hi]))  # as the single-stream gate kept it
 
     def _warn(self, kind: str, why: str) -> None:
         if kind not in self._warned:
