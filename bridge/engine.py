@@ -149,7 +149,7 @@ class Bridge:
                 f"{cfg.source}: schedule.lookahead_frames = {cfg.schedule.lookahead_frames} must be "
                 f"smaller than the window ({window_frames} frames for model.window_s = {cfg.model.window_s})"
             )
-        self.post = build_post_chain(cfg.post, raw=raw)
+        self.post = build_post_chain([cfg.post], raw=raw)  # one performer
         # Cheap checks first (the input, the ports), so a typo costs no model load.
         self.outputs: list[Output] = []
         source: AudioSource | None = None
@@ -416,7 +416,7 @@ class Bridge:
             text = self._speech.new_text(logits, hop.window_end, self.runner.window_samples,
                                          frame_end_sample(hop.last))  # fmt: skip
         self.guard.check(block, ctx.speech_prob, hop.first)
-        self.post.process(block, ctx)
+        self.post.process(block[None], ctx.as_batch())  # a batch of one (views: ctx sees the head)
         worst_ms = 0.0
         for i in range(hop.stride):
             number = hop.first + i

@@ -13,6 +13,12 @@ arithmetic (a sum of weighted channels) can overflow either.
 
 Post-processing stages bound their working values with :func:`bound` where their arithmetic
 could overflow, so that finite input, however large, stays finite through them.
+
+Several performers: a guard is built for N of them and checks ``[P, F, channels]`` blocks
+(``rows`` says which performers, as in the post chain); each performer has its own last
+finite values, its own episodes and counts, and its own log lines (naming it), so one
+performer's broken output never touches another's frames or messages.  The single-stream
+form (``[F, channels]`` blocks) is the batch of one.
 """
 
 from __future__ import annotations
@@ -46,148 +52,241 @@ def bound(values: np.ndarray) -> np.ndarray:
 
 
 class LastFinite:
-    """Replaces NaN/Inf in a block ``(n, channels)`` with each channel's last finite value
-    (and bounds the rest to +-:data:`LIMIT`).
+    """Replaces NaN/Inf in a block with each channel's last finite value (and bounds the rest to
+    +-:data:`LIMIT`), per performer: blocks ``[P, F, channels]`` (or ``[F, channels]`` for one).
 
-    Vectorised over the whole block and allocation-free once the largest block has been
-    seen: the block is viewed below one row holding the last finite values, each cell gets
-    the index of the latest finite row at or above it (a running maximum), and the bad cells
-    are gathered from there.  The common case, every value within the limit, is three cheap
-    numpy calls (abs, compare, count).
+    Vectorised over the whole batch and allocation-free once the largest block has been
+    seen: each performer's block is viewed below one row holding its last finite values,
+    each cell gets the index of the latest finite row at or above it (a running maximum
+    along the frames), and the bad cells are gathered from there.  The common case, every
+    value within the limit, is three cheap numpy calls (abs, compare, count) and one copy.
     """
 
-    def __init__(self, channels: int, max_frames: int = 32) -> None:
+    def __init__(self, channels: int, max_frames: int = 32, performers: int = 1) -> None:
         self.channels = channels
-        self.last = np.zeros(channels, dtype=np.float32)  #: rest until a finite value arrives
-        self._grow(max_frames)
+        self.performers = performers
+        #: each performer's last finite values ``[N, channels]``; rest until a finite value arrives
+        self.last_by_performer = np.zeros((performers, channels), dtype=np.float32)
+        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        #: per frame of the last block that had a non-finite value: True where it had one ([P, F])
+        self.bad_frames = np.zeros((performers, max_frames), dtype=bool)
 
-    def _grow(self, frames: int) -> None:
-        c = self.channels
-        self._finite = np.zeros((frames + 1, c), dtype=bool)
-        self._abs = np.zeros((frames, c), dtype=np.float32)
-        self._bad = np.zeros((frames, c), dtype=bool)
-        self._rows_ok = np.zeros(frames + 1, dtype=bool)
-        self._ext = np.zeros((frames + 1, c), dtype=np.float32)
-        self._idx = np.zeros((frames + 1, c), dtype=np.intp)
-        self._filled = np.zeros((frames + 1, c), dtype=np.float32)
-        self._row_ids = np.arange(frames + 1, dtype=np.intp)[:, None]
-        self._col_ids = np.arange(c, dtype=np.intp)[None, :]
-        #: per row of the last block that had a non-finite value: True where the row had one
-        self.bad_rows = np.zeros(frames, dtype=bool)
+    @property
+    def last(self) -> np.ndarray:
+        """The last finite values: ``[channels]`` for one performer, else ``[N, channels]``."""
+        return self.last_by_performer[0] if self.performers == 1 else self.last_by_performer
 
-    def fix(self, block: np.ndarray) -> int:
-        """Fix ``block`` in place; return how many of its rows had a non-finite value."""
-        n = block.shape[0]
-        if n == 0:
+    @property
+    def bad_rows(self) -> np.ndarray:
+        """Performer 0's :attr:`bad_frames` (the single-stream view)."""
+        return self.bad_frames[0]
+
+    def _buf(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """A scratch array of ``shape``, one per (name, shape), made once."""
+        buf = self._bufs.get((name, shape))
+        if buf is None:
+            if len(self._bufs) > 256:  # batch shapes come and go: keep the set bounded
+                self._bufs.clear()
+            buf = self._bufs[(name, shape)] = np.zeros(shape, dtype=dtype)
+        return buf
+
+    def fix(self, block: np.ndarray, rows: np.ndarray | None = None) -> int:
+        """Fix ``block`` in place; return how many frames (of all its performers) had a
+        non-finite value (:attr:`bad_frames` says which)."""
+        batch = block if block.ndim == 3 else block[None]
+        p, n, c = batch.shape
+        if n == 0 or p == 0:
             return 0
-        if n > self._bad.shape[0]:
-            self._grow(n)
-        finite = self._finite[1 : n + 1]
+        last = self.last_by_performer
+        finite = self._buf("finite", (p, n + 1, c), bool)[:, 1:]
         # |x| <= LIMIT is False for NaN, Inf and huge values alike: one test for the common case
-        np.less_equal(np.abs(block, out=self._abs[:n]), LIMIT, out=finite)
+        np.less_equal(np.abs(batch, out=self._buf("abs", (p, n, c), np.float32)), LIMIT, out=finite)
         if np.count_nonzero(finite) == finite.size:  # a third of .all()'s cost
-            self.last[:] = block[n - 1]
+            self._keep_last(batch, rows)
             return 0
-        np.isfinite(block, out=finite)
+        np.isfinite(batch, out=finite)
         if np.count_nonzero(finite) == finite.size:  # finite, some beyond the limit
-            bound(block)
-            self.last[:] = block[n - 1]
+            bound(batch)
+            self._keep_last(batch, rows)
             return 0
-        c = self.channels
-        ext, idx, filled = self._ext[: n + 1], self._idx[: n + 1], self._filled[: n + 1]
-        self._finite[0] = True  # row 0: the last finite values
-        ext[0] = self.last
-        ext[1:] = block
-        # idx = row number where finite, else 0; a running max gives the latest finite row.
-        np.multiply(self._finite[: n + 1], self._row_ids[: n + 1], out=idx)
-        np.maximum.accumulate(idx, axis=0, out=idx)
+        fin_ext = self._buf("finite", (p, n + 1, c), bool)
+        ext = self._buf("ext", (p, n + 1, c), np.float32)
+        idx = self._buf("idx", (p, n + 1, c), np.intp)
+        filled = self._buf("filled", (p, n + 1, c), np.float32)
+        fin_ext[:, 0] = True  # row 0: the last finite values
+        ext[:, 0] = last if rows is None else last[rows]
+        ext[:, 1:] = batch
+        # idx = row number where finite, else 0; a running max gives the latest finite row;
+        # then the flat index of that row's cell: (performer * (n + 1) + row) * c + channel
+        np.multiply(fin_ext, np.arange(n + 1, dtype=np.intp)[None, :, None], out=idx)
+        np.maximum.accumulate(idx, axis=1, out=idx)
+        idx += (np.arange(p, dtype=np.intp) * (n + 1))[:, None, None]
         idx *= c
-        idx += self._col_ids
+        idx += np.arange(c, dtype=np.intp)
         np.take(ext.reshape(-1), idx, out=filled)
-        bad = self._bad[:n]
+        bad = self._buf("bad", (p, n, c), bool)
         np.logical_not(finite, out=bad)
-        np.copyto(block, filled[1:], where=bad)
-        bound(block)
-        self.last[:] = block[n - 1]
-        rows_ok = self._rows_ok[:n]
-        np.all(finite, axis=1, out=rows_ok)
-        np.logical_not(rows_ok, out=self.bad_rows[:n])
-        return n - int(np.count_nonzero(rows_ok))
+        np.copyto(batch, filled[:, 1:], where=bad)
+        self._last_bad = bad
+        bound(batch)
+        self._keep_last(batch, rows)
+        if self.bad_frames.shape[0] < p or self.bad_frames.shape[1] < n:
+            self.bad_frames = np.zeros(
+                (max(p, self.bad_frames.shape[0]), max(n, self.bad_frames.shape[1])), bool
+            )
+        frames_ok = self._buf("frames_ok", (p, n), bool)
+        np.all(finite, axis=2, out=frames_ok)
+        self.bad_frames[...] = False
+        np.logical_not(frames_ok, out=self.bad_frames[:p, :n])
+        return p * n - int(np.count_nonzero(frames_ok))
+
+    def _keep_last(self, batch: np.ndarray, rows: np.ndarray | None) -> None:
+        if rows is None:
+            self.last_by_performer[...] = batch[:, -1]
+        else:
+            self.last_by_performer[rows] = batch[:, -1]
+
+    def bad_channels(self, i: int, f: int) -> int:
+        """How many channels were non-finite in batch row ``i``'s frame ``f`` of the last block
+        that had a non-finite value."""
+        return int(np.count_nonzero(self._last_bad[i, f]))
 
 
 class OutputGuard:
     """What the hop loop runs on the model's block: blendshapes and speech probability made
-    finite, non-finite frames counted, the fault said once when it starts and when it ends."""
+    finite, non-finite frames counted, the fault said once when it starts and when it ends,
+    per performer."""
 
-    def __init__(self, channels: int = NUM_BLENDSHAPES, max_frames: int = 32) -> None:
-        self.shapes = LastFinite(channels, max_frames)
-        self.speech = LastFinite(1, max_frames)
-        self.frames = 0  #: frames that had a non-finite value (blendshapes or speech)
-        self.episodes = 0  #: times the fault started
-        self.active = False  #: inside an episode now
-        self._episode_frames = 0
-        self._finite_run = 0
-        self._ended_at = 0
+    def __init__(self, channels: int = NUM_BLENDSHAPES, max_frames: int = 32, performers: int = 1,
+                 names: list[str] | None = None) -> None:  # fmt: skip
+        """``names``: each performer's name for the log lines (none: the single-stream lines)."""
+        self.performers = performers
+        self.names = names
+        self.shapes = LastFinite(channels, max_frames, performers)
+        self.speech = LastFinite(1, max_frames, performers)
+        self.frames_by_performer = np.zeros(performers, dtype=np.int64)  #: frames that had a NaN/Inf
+        self.episodes_by_performer = np.zeros(performers, dtype=np.int64)  #: times the fault started
+        self.active_by_performer = np.zeros(performers, dtype=bool)  #: inside an episode now
+        self._episode_frames = np.zeros(performers, dtype=np.int64)
+        self._finite_run = np.zeros(performers, dtype=np.int64)
+        self._n_active = 0
 
-    def check(self, block: np.ndarray, speech_prob: np.ndarray | None, first_frame: int) -> int:
-        """Make ``block`` (n x channels) and ``speech_prob`` (n,) finite in place; return how
-        many frames had to be fixed."""
-        n = block.shape[0]
-        bad_shapes = self.shapes.fix(block)
-        bad_speech = self.speech.fix(speech_prob.reshape(-1, 1)) if speech_prob is not None else 0
+    # the totals over all performers (for one performer: its own, as before)
+    @property
+    def frames(self) -> int:
+        return int(self.frames_by_performer.sum())
+
+    @property
+    def episodes(self) -> int:
+        return int(self.episodes_by_performer.sum())
+
+    @property
+    def active(self) -> bool:
+        return self._n_active > 0
+
+    def check(self, block: np.ndarray, speech_prob: np.ndarray | None, first_frame: int | np.ndarray,
+              rows: np.ndarray | None = None) -> int:  # fmt: skip
+        """Make ``block`` (``[P, F, channels]``, or ``[F, channels]`` for one) and
+        ``speech_prob`` (``[P, F]`` / ``(F,)``) finite in place; return how many frames had to
+        be fixed.  ``first_frame``: each row's first frame number ``[P]`` (or an int);
+        ``rows``: which performers the rows are (None: all, in order)."""
+        batch = block if block.ndim == 3 else block[None]
+        p, n = batch.shape[0], batch.shape[1]
+        bad_shapes = self.shapes.fix(batch, rows)
+        bad_speech = 0
+        if speech_prob is not None:
+            sp = speech_prob.reshape(p, n, 1)
+            bad_speech = self.speech.fix(sp, rows)
         if bad_shapes or bad_speech:
-            rows = self._rows(n, bad_shapes, bad_speech)
-            bad = int(np.count_nonzero(rows))
-            self.frames += bad
-            self._finite_run = int(np.argmax(rows[::-1]))  # finite rows after the last bad one
-            if not self.active:
-                self._start(first_frame + int(np.argmax(rows)), bad_shapes, bad_speech)
-            self._episode_frames += bad
-            return bad
-        if self.active:
-            self._finite_run += n
-            if self._finite_run >= END_AFTER_FRAMES:
-                self._end(first_frame + n - self._finite_run)
+            return self._faulty(p, n, bad_shapes, bad_speech, first_frame, rows)
+        if self._n_active:
+            self._finite(np.arange(p), n, first_frame, rows)
         return 0
 
-    def _rows(self, n: int, bad_shapes: int, bad_speech: int) -> np.ndarray:
-        """Which rows of the block had a non-finite value (blendshapes or speech)."""
-        if not bad_speech:
-            return self.shapes.bad_rows[:n]
-        if not bad_shapes:
-            return self.speech.bad_rows[:n]
-        return self.shapes.bad_rows[:n] | self.speech.bad_rows[:n]
+    def _performer(self, i: int, rows: np.ndarray | None) -> int:
+        return i if rows is None else int(rows[i])
 
-    def _start(self, frame: int, bad_shapes: int, bad_speech: int) -> None:
-        self.active = True
-        self.episodes += 1
-        self._episode_frames = 0
+    def _finite(self, batch_rows: np.ndarray, n: int, first_frame: int | np.ndarray,
+                rows: np.ndarray | None) -> None:  # fmt: skip
+        """Batch rows whose block was all finite: episodes end after a second of that."""
+        perf = batch_rows if rows is None else rows[batch_rows]
+        on = self.active_by_performer[perf]
+        if not on.any():
+            return
+        for i in batch_rows[on]:
+            k = self._performer(int(i), rows)
+            self._finite_run[k] += n
+            if self._finite_run[k] >= END_AFTER_FRAMES:
+                first = int(first_frame) if np.ndim(first_frame) == 0 else int(first_frame[i])  # type: ignore[index]
+                self._end(k, first + n - int(self._finite_run[k]))
+
+    def _faulty(self, p: int, n: int, bad_shapes: int, bad_speech: int, first_frame: int | np.ndarray,
+                rows: np.ndarray | None) -> int:  # fmt: skip
+        frames = self._rows(p, n, bad_shapes, bad_speech)  # [P, F]: which frames had a NaN/Inf
+        per_row = np.count_nonzero(frames, axis=1)
+        for i in np.flatnonzero(per_row):
+            k = self._performer(int(i), rows)
+            row = frames[i]
+            bad = int(per_row[i])
+            self.frames_by_performer[k] += bad
+            self._finite_run[k] = int(np.argmax(row[::-1]))  # finite frames after the last bad one
+            if not self.active_by_performer[k]:
+                first = int(first_frame) if np.ndim(first_frame) == 0 else int(first_frame[i])  # type: ignore[index]
+                shapes_bad = bool(bad_shapes) and bool(self.shapes.bad_frames[i, :n].any())
+                speech_bad = bool(bad_speech) and bool(self.speech.bad_frames[i, :n].any())
+                self._start(k, i, first + int(np.argmax(row)), shapes_bad, speech_bad)
+            self._episode_frames[k] += bad
+        clean = np.flatnonzero(per_row == 0)
+        if self._n_active and clean.size:
+            self._finite(clean, n, first_frame, rows)
+        return int(per_row.sum())
+
+    def _rows(self, p: int, n: int, bad_shapes: int, bad_speech: int) -> np.ndarray:
+        """Which frames of the block had a non-finite value (blendshapes or speech), ``[P, F]``."""
+        if not bad_speech:
+            return self.shapes.bad_frames[:p, :n]
+        if not bad_shapes:
+            return self.speech.bad_frames[:p, :n]
+        return self.shapes.bad_frames[:p, :n] | self.speech.bad_frames[:p, :n]
+
+    def _who(self, k: int) -> str:
+        return f"performer {self.names[k]}: " if self.names else ""
+
+    def _start(self, k: int, i: int, frame: int, bad_shapes: bool, bad_speech: bool) -> None:
+        self.active_by_performer[k] = True
+        self._n_active += 1
+        self.episodes_by_performer[k] += 1
+        self._episode_frames[k] = 0
         parts = []
         if bad_shapes:
-            row = int(np.argmax(self.shapes.bad_rows))
-            parts.append(f"{np.count_nonzero(self.shapes._bad[row])} blendshape channel(s)")
+            f = int(np.argmax(self.shapes.bad_frames[i]))
+            parts.append(f"{self.shapes.bad_channels(i, f)} blendshape channel(s)")
         if bad_speech:
             parts.append("the speech probability")
         log.warning(
-            "model output is NaN/Inf in %s from frame %d; sending each channel's last finite "
+            "%smodel output is NaN/Inf in %s from frame %d; sending each channel's last finite "
             "value instead (the model or its input is broken: check the model file and the audio level)",
-            " and ".join(parts), frame,
+            self._who(k), " and ".join(parts), frame,
         )  # fmt: skip
 
-    def _end(self, frame: int) -> None:
-        self.active = False
+    def _end(self, k: int, frame: int) -> None:
+        self.active_by_performer[k] = False
+        self._n_active -= 1
         log.warning(
-            "model output is finite again from frame %d (%d frame(s) had NaN/Inf and were held)",
-            frame, self._episode_frames,
+            "%smodel output is finite again from frame %d (%d frame(s) had NaN/Inf and were held)",
+            self._who(k), frame, int(self._episode_frames[k]),
         )  # fmt: skip
 
     def finish(self) -> int:
-        """At the end of a run: say so if the fault was still on; return :attr:`frames`."""
-        if self.active:
+        """At the end of a run: say so for each performer whose fault was still on; return
+        :attr:`frames`."""
+        for k in np.flatnonzero(self.active_by_performer):
             log.warning(
-                "model output was still NaN/Inf when the run ended (%d frame(s) held in all)", self.frames
-            )
-            self.active = False
+                "%smodel output was still NaN/Inf when the run ended (%d frame(s) held in all)",
+                self._who(int(k)), int(self.frames_by_performer[k]),
+            )  # fmt: skip
+            self.active_by_performer[k] = False
+        self._n_active = 0
         return self.frames
 
     def describe(self) -> str:

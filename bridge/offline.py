@@ -207,7 +207,7 @@ def run_post(chain: PostChain, values: np.ndarray, rms: np.ndarray, speech_prob:
         lo = frame_end_sample(a - 1)
         ctx = FrameContext(a, rms[a:b], None if speech_prob is None else speech_prob[a:b], head[a:b],
                            audio=padded[lo : frame_end_sample(b - 1)])  # fmt: skip
-        chain.process(values[a:b], ctx)
+        chain.process(values[a:b][None], ctx.as_batch())  # one performer: a batch of one
 
 
 def render(
@@ -222,7 +222,7 @@ def render(
     from bridge.engine import load_model
 
     audio = source if isinstance(source, Audio) else read_audio(source, cfg.input.channel)
-    chain = build_post_chain(cfg.post, raw=raw)
+    chain = build_post_chain([cfg.post], raw=raw)
     loaded = model or load_model(cfg.model)
     raw_values, speech = infer_stitched(loaded.runner, audio.samples, audio.frames, progress)
     values = raw_values.copy()

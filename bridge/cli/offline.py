@@ -198,8 +198,9 @@ class _Recorder:
         self.rms: list[np.ndarray] = []
 
     def process(self, values: np.ndarray, ctx: Any) -> None:
-        self.values.append(values.copy())
-        self.rms.append(np.array(ctx.rms[: values.shape[0]], dtype=np.float32))
+        # one performer, as a batch ([1, F, 52], the chain's form) or not ([F, 52]): keep [F, 52]
+        self.values.append(values.reshape(-1, values.shape[-1]).copy())
+        self.rms.append(np.array(ctx.rms, dtype=np.float32).reshape(-1)[: self.values[-1].shape[0]])
 
 
 @click.command()

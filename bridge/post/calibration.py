@@ -27,7 +27,7 @@ import numpy as np
 from bridge.blendshapes import ARKIT_NAMES, NUM_BLENDSHAPES, canonical_index
 from bridge.errors import BridgeError
 from bridge.finite import bound
-from bridge.post.base import FrameContext
+from bridge.post.base import FrameContext, as_batch
 
 FORMAT = "a2e-bridge-calibration"
 VERSION = 1
@@ -130,22 +130,38 @@ def load_calibration(path: str | Path) -> CalibrationData:
 
 
 class Calibration:
-    """``y = max(x - floor, 0)``, optionally ``/ (1 - floor)`` to keep the full range."""
+    """``y = max(x - floor, 0)``, optionally ``/ (1 - floor)`` to keep the full range.
+
+    Per performer: its own floors (``[N, 1, 52]``); a performer without the rescale gets a
+    scale of exactly 1."""
 
     delay_frames = 0
+    ROW_ARRAYS = ("offsets", "_scale", "_rescale")
 
     def __init__(self, offsets: np.ndarray, rescale: bool = True) -> None:
+        self.performers = 1
         floor = np.minimum(np.asarray(offsets, dtype=np.float32), np.float32(MAX_FLOOR))
-        self.offsets = floor
-        self.scale = (1.0 / (1.0 - floor)).astype(np.float32) if rescale else None
+        self.offsets = floor.reshape(1, 1, NUM_BLENDSHAPES)
+        self._scale = (
+            (1.0 / (1.0 - self.offsets)).astype(np.float32) if rescale else np.ones_like(self.offsets)
+        )
+        self._rescale = np.array([rescale])
+
+    @property
+    def scale(self) -> np.ndarray | None:
+        """The rescale factors ``[N, 1, 52]``, None when no performer rescales."""
+        return self._scale if self._rescale.any() else None
 
     @classmethod
     def from_file(cls, path: str | Path, rescale: bool = True) -> Calibration:
         return cls(load_calibration(path).offsets, rescale)
 
-    def process(self, values: np.ndarray, ctx: FrameContext) -> None:
+    def process(self, values: np.ndarray, ctx: FrameContext | None) -> None:
+        values, ctx = as_batch(values, ctx)
+        rows = None if ctx is None else ctx.rows
+        offsets = self.offsets if rows is None else self.offsets[rows]
         bound(values)  # the rescale must not overflow a huge value
-        values -= self.offsets
+        values -= offsets
         np.maximum(values, 0.0, out=values)
-        if self.scale is not None:
-            values *= self.scale
+        if self._rescale.any():
+            values *= self._scale if rows is None else self._scale[rows]

@@ -1,6 +1,7 @@
 """Per-frame reshaping: left/right symmetrisation and per-channel response curves.
 
-Both are stateless and act on each frame alone: no delay.
+Both are stateless and act on each frame alone: no delay.  They work on any block shape
+(``[P, F, 52]`` or ``[F, 52]``); the curve's settings are per performer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 from bridge.blendshapes import NUM_BLENDSHAPES, canonical_index
 from bridge.errors import BridgeError
 from bridge.finite import LIMIT, bound
-from bridge.post.base import FrameContext
+from bridge.post.base import FrameContext, Scratch, as_batch
 
 #: The 20 left/right pairs upstream LAM symmetrises.
 LEFT_RIGHT_PAIRS: tuple[tuple[str, str], ...] = (
@@ -37,10 +38,12 @@ class Symmetrize:
     """
 
     delay_frames = 0
+    STRUCTURE = ("mode",)
 
-    def __init__(self, mode: str = "average", max_block: int = 64) -> None:
+    def __init__(self, mode: str = "average") -> None:
         if mode not in ("average", "max", "min"):
             raise BridgeError(f'post.symmetrize = {mode!r}; allowed: "off", "average", "max", "min"')
+        self.performers = 1
         self.mode = mode
         # partner[j]: the other side of channel j's pair, or j itself (combining j with itself
         # leaves it unchanged, so one gather + one ufunc over all 52 channels does every pair)
@@ -49,14 +52,11 @@ class Symmetrize:
             self.partner[canonical_index(a)], self.partner[canonical_index(b)] = (
                 canonical_index(b), canonical_index(a),
             )  # fmt: skip
-        self._other = np.zeros((max_block, NUM_BLENDSHAPES), dtype=np.float32)
+        self._scratch = Scratch()
 
-    def process(self, values: np.ndarray, ctx: FrameContext) -> None:
-        n = values.shape[0]
-        if n > self._other.shape[0]:
-            self._other = np.zeros((n, NUM_BLENDSHAPES), dtype=np.float32)
-        other = self._other[:n]
-        np.take(values, self.partner, axis=1, out=other)
+    def process(self, values: np.ndarray, ctx: FrameContext | None) -> None:
+        other = self._scratch.get("other", values.shape)
+        np.take(values, self.partner, axis=-1, out=other)
         if self.mode == "average":  # halves first: a + b of two huge values would overflow
             values *= np.float32(0.5)
             other *= np.float32(0.5)
@@ -85,13 +85,15 @@ class Curve:
     """``y = gain * max(x, 0) ** gamma + offset`` per channel (then the chain's clamp).
 
     Gain lifts a rig that opens too little, gamma < 1 lifts small values without
-    letting the big ones clip, offset shifts the rest pose.  Only the operations a
-    configuration actually uses run.  Values are kept within +-``bridge.finite.LIMIT``
-    before and after (and the power's base below what would overflow), so no input and no
-    setting overflows to Inf or makes a NaN.
+    letting the big ones clip, offset shifts the rest pose.  Only the operations some
+    performer's configuration actually uses run (a performer whose curve lacks one gets
+    its exact identity: gain 1, offset 0, no gamma clip).  Values are kept within
+    +-``bridge.finite.LIMIT`` before and after (and the power's base below what would
+    overflow), so no input and no setting overflows to Inf or makes a NaN.
     """
 
     delay_frames = 0
+    ROW_ARRAYS = ("gain", "offset", "gamma", "_gamma_lo", "_gamma_cap", "_gamma_rows")
 
     def __init__(
         self,
@@ -99,31 +101,49 @@ class Curve:
         offset: dict[str, float] | None = None,
         gamma: dict[str, float] | None = None,
     ) -> None:
-        self.gain = _per_channel(gain or {}, 1.0, "gain")
-        self.offset = _per_channel(offset or {}, 0.0, "offset")
-        self.gamma = _per_channel(gamma or {}, 1.0, "gamma")
+        self.performers = 1
+        shape = (1, 1, NUM_BLENDSHAPES)  # [N, 1, 52]: broadcasts over a block's frames
+        self.gain = _per_channel(gain or {}, 1.0, "gain").reshape(shape)
+        self.offset = _per_channel(offset or {}, 0.0, "offset").reshape(shape)
+        self.gamma = _per_channel(gamma or {}, 1.0, "gamma").reshape(shape)
         if (self.gamma <= 0).any():
             raise BridgeError("post.curve.gamma values must be > 0")
-        self._use_gain = bool((self.gain != 1.0).any())
-        self._use_offset = bool((self.offset != 0.0).any())
-        self._use_gamma = bool((self.gamma != 1.0).any())
-        # x ** gamma stays within LIMIT for x within LIMIT ** min(1, 1 / gamma)
+        uses_gamma = bool((self.gamma != 1.0).any())
+        # x ** gamma stays within LIMIT for x within LIMIT ** min(1, 1 / gamma); a performer
+        # whose curve has no gamma keeps its values as they are (clip to +-LIMIT, x ** 1)
         self._gamma_cap = (np.float64(LIMIT) ** np.minimum(1.0, 1.0 / self.gamma.astype(np.float64))).astype(
             np.float32
         )
+        self._gamma_lo = np.full((1, 1, 1), 0.0 if uses_gamma else -LIMIT, dtype=np.float32)
+        self._gamma_rows = np.array([uses_gamma]).reshape(1, 1, 1)
+        self._stacked()
+
+    def _stacked(self) -> None:
+        self._use_gain = bool((self.gain != 1.0).any())
+        self._use_offset = bool((self.offset != 0.0).any())
+        self._use_gamma = bool(self._gamma_rows.any())
+        self._all_gamma = bool(self._gamma_rows.all())
 
     @property
     def identity(self) -> bool:
         return not (self._use_gain or self._use_offset or self._use_gamma)
 
-    def process(self, values: np.ndarray, ctx: FrameContext) -> None:
+    def process(self, values: np.ndarray, ctx: FrameContext | None) -> None:
+        values, ctx = as_batch(values, ctx)
+        rows = None if ctx is None else ctx.rows
         bound(values)
         if self._use_gamma:
-            np.clip(values, 0.0, self._gamma_cap, out=values)
-            np.power(values, self.gamma, out=values)
+            lo, cap, gamma, where = self._gamma_lo, self._gamma_cap, self.gamma, self._gamma_rows
+            if rows is not None:
+                lo, cap, gamma, where = lo[rows], cap[rows], gamma[rows], where[rows]
+            np.clip(values, lo, cap, out=values)
+            if self._all_gamma:
+                np.power(values, gamma, out=values)
+            else:  # performers without a gamma: untouched (x ** 1 need not be exact everywhere)
+                np.power(values, gamma, out=values, where=where)
         if self._use_gain:
-            values *= self.gain
+            values *= self.gain if rows is None else self.gain[rows]
         if self._use_offset:
-            values += self.offset
+            values += self.offset if rows is None else self.offset[rows]
         if self._use_gain or self._use_offset:
             bound(values)
