@@ -21,7 +21,6 @@ from bridge.audio.liveness import LOOK_EVERY_S, InputWatch, Loss
 from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig
 from bridge.errors import BridgeError
-from bridge.finite import OutputGuard
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
 from bridge.model.fallback import FallbackEvent, FallbackSwitch
 from bridge.model.hub import locate_model
@@ -31,6 +30,7 @@ from bridge.outputs import build_output
 from bridge.outputs.base import Output, describe_health
 from bridge.post import build_post_chain
 from bridge.post.base import FrameContext
+from bridge.post.finite import OutputGuard
 from bridge.stats import RunStats
 from bridge.streams.keepalive import RestPose
 from bridge.streams.speech import SpeechTrack

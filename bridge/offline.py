@@ -33,10 +33,10 @@ import numpy as np
 from bridge.blendshapes import ARKIT_NAMES, HEAD_EYE_NAMES, LIVELINK_NAMES, NUM_BLENDSHAPES, canonical_index
 from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
-from bridge.finite import OutputGuard
 from bridge.frame import FPS, SAMPLE_RATE, frame_end_sample
 from bridge.post import PostChain, build_post_chain
 from bridge.post.base import FrameContext
+from bridge.post.finite import OutputGuard
 
 log = logging.getLogger(__name__)
 

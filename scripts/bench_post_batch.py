@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge.config import parse_config  # noqa: E402
-from bridge.finite import OutputGuard  # noqa: E402
 from bridge.post import build_post_chain  # noqa: E402
 from bridge.post.base import FrameContext  # noqa: E402
+from bridge.post.finite import OutputGuard  # noqa: E402
 
 
 def inputs(p: int, f: int, blocks: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

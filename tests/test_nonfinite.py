@@ -23,13 +23,13 @@ from bridge.blendshapes import EPIC_NAMES, LIVELINK_NAMES, NUM_BLENDSHAPES, cano
 from bridge.config import parse_config
 from bridge.engine import Bridge
 from bridge.errors import BridgeError
-from bridge.finite import END_AFTER_FRAMES, LIMIT, LastFinite, OutputGuard
 from bridge.frame import FPS
 from bridge.modeltools.synth import build_oracle, oracle_value, save_model
 from bridge.post import Clamp, build_post_chain
 from bridge.post.base import FrameContext
 from bridge.post.blink import Blinks
 from bridge.post.calibration import Calibration
+from bridge.post.finite import END_AFTER_FRAMES, LIMIT, LastFinite, OutputGuard
 from bridge.post.gate import SilenceGate
 from bridge.post.head import HeadMotion, HeadMotionConfig
 from bridge.post.shape import Curve, Symmetrize

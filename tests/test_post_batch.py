@@ -14,12 +14,12 @@ import pytest
 
 from bridge.blendshapes import NUM_BLENDSHAPES, canonical_index
 from bridge.config import PostConfig, parse_config
-from bridge.finite import OutputGuard
 from bridge.frame import frame_end_sample
 from bridge.post import GroupedPostChain, PostChain, build_post_chain, group_by_structure, structure_key
 from bridge.post.base import FrameContext, performer_seed
 from bridge.post.blink import Blinks
 from bridge.post.calibration import CalibrationData, save_calibration
+from bridge.post.finite import OutputGuard
 from bridge.post.gate import SilenceGate
 from bridge.post.head import HeadMotion
 from tests.test_post import silero_standin

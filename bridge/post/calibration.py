@@ -26,8 +26,8 @@ import numpy as np
 
 from bridge.blendshapes import ARKIT_NAMES, NUM_BLENDSHAPES, canonical_index
 from bridge.errors import BridgeError
-from bridge.finite import bound
 from bridge.post.base import FrameContext, as_batch
+from bridge.post.finite import bound
 
 FORMAT = "a2e-bridge-calibration"
 VERSION = 1

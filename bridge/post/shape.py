@@ -10,8 +10,8 @@ import numpy as np
 
 from bridge.blendshapes import NUM_BLENDSHAPES, canonical_index
 from bridge.errors import BridgeError
-from bridge.finite import LIMIT, bound
 from bridge.post.base import FrameContext, Scratch, as_batch
+from bridge.post.finite import LIMIT, bound
 
 #: The 20 left/right pairs upstream LAM symmetrises.
 LEFT_RIGHT_PAIRS: tuple[tuple[str, str], ...] = (
@@ -88,7 +88,7 @@ class Curve:
     letting the big ones clip, offset shifts the rest pose.  Only the operations some
     performer's configuration actually uses run (a performer whose curve lacks one gets
     its exact identity: gain 1, offset 0, no gamma clip).  Values are kept within
-    +-``bridge.finite.LIMIT`` before and after (and the power's base below what would
+    +-``bridge.post.finite.LIMIT`` before and after (and the power's base below what would
     overflow), so no input and no setting overflows to Inf or makes a NaN.
     """
 

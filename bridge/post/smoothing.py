@@ -13,7 +13,7 @@ ones, and every causal low-pass adds delay.  Both filters here state theirs:
 All 52 channels of every performer of a batch are filtered at once: a few numpy
 calls per frame of the block (the filters are recursive, so frames are a loop, performers
 and channels are not), on preallocated arrays.  Settings are per performer (``[N, 1]``
-rows); the state is ``[N, 52]``.  Input is bounded to +-``bridge.finite.LIMIT`` first, so
+rows); the state is ``[N, 52]``.  Input is bounded to +-``bridge.post.finite.LIMIT`` first, so
 any finite input, however large, gives finite output.
 """
 
@@ -24,9 +24,9 @@ import math
 import numpy as np
 
 from bridge.blendshapes import NUM_BLENDSHAPES
-from bridge.finite import bound
 from bridge.frame import FPS
 from bridge.post.base import FrameContext, Scratch, as_batch
+from bridge.post.finite import bound
 
 
 def one_euro_delay_frames(cutoff_hz: float, fps: float = FPS) -> float:

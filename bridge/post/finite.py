@@ -29,6 +29,7 @@ import numpy as np
 
 from bridge.blendshapes import NUM_BLENDSHAPES
 from bridge.frame import FPS
+from bridge.post.base import Scratch
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class LastFinite:
         self.performers = performers
         #: each performer's last finite values ``[N, channels]``; rest until a finite value arrives
         self.last_by_performer = np.zeros((performers, channels), dtype=np.float32)
-        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._scratch = Scratch()
         #: per frame of the last block that had a non-finite value: True where it had one ([P, F])
         self.bad_frames = np.zeros((performers, max_frames), dtype=bool)
 
@@ -81,15 +82,6 @@ class LastFinite:
         """Performer 0's :attr:`bad_frames` (the single-stream view)."""
         return self.bad_frames[0]
 
-    def _buf(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        """A scratch array of ``shape``, one per (name, shape), made once."""
-        buf = self._bufs.get((name, shape))
-        if buf is None:
-            if len(self._bufs) > 256:  # batch shapes come and go: keep the set bounded
-                self._bufs.clear()
-            buf = self._bufs[(name, shape)] = np.zeros(shape, dtype=dtype)
-        return buf
-
     def fix(self, block: np.ndarray, rows: np.ndarray | None = None) -> int:
         """Fix ``block`` in place; return how many frames (of all its performers) had a
         non-finite value (:attr:`bad_frames` says which)."""
@@ -98,9 +90,9 @@ class LastFinite:
         if n == 0 or p == 0:
             return 0
         last = self.last_by_performer
-        finite = self._buf("finite", (p, n + 1, c), bool)[:, 1:]
+        finite = self._scratch.get("finite", (p, n + 1, c), bool)[:, 1:]
         # |x| <= LIMIT is False for NaN, Inf and huge values alike: one test for the common case
-        np.less_equal(np.abs(batch, out=self._buf("abs", (p, n, c), np.float32)), LIMIT, out=finite)
+        np.less_equal(np.abs(batch, out=self._scratch.get("abs", (p, n, c), np.float32)), LIMIT, out=finite)
         if np.count_nonzero(finite) == finite.size:  # a third of .all()'s cost
             self._keep_last(batch, rows)
             return 0
@@ -109,10 +101,10 @@ class LastFinite:
             bound(batch)
             self._keep_last(batch, rows)
             return 0
-        fin_ext = self._buf("finite", (p, n + 1, c), bool)
-        ext = self._buf("ext", (p, n + 1, c), np.float32)
-        idx = self._buf("idx", (p, n + 1, c), np.intp)
-        filled = self._buf("filled", (p, n + 1, c), np.float32)
+        fin_ext = self._scratch.get("finite", (p, n + 1, c), bool)
+        ext = self._scratch.get("ext", (p, n + 1, c), np.float32)
+        idx = self._scratch.get("idx", (p, n + 1, c), np.intp)
+        filled = self._scratch.get("filled", (p, n + 1, c), np.float32)
         fin_ext[:, 0] = True  # row 0: the last finite values
         ext[:, 0] = last if rows is None else last[rows]
         ext[:, 1:] = batch
@@ -124,7 +116,7 @@ class LastFinite:
         idx *= c
         idx += np.arange(c, dtype=np.intp)
         np.take(ext.reshape(-1), idx, out=filled)
-        bad = self._buf("bad", (p, n, c), bool)
+        bad = self._scratch.get("bad", (p, n, c), bool)
         np.logical_not(finite, out=bad)
         np.copyto(batch, filled[:, 1:], where=bad)
         self._last_bad = bad
@@ -134,7 +126,7 @@ class LastFinite:
             self.bad_frames = np.zeros(
                 (max(p, self.bad_frames.shape[0]), max(n, self.bad_frames.shape[1])), bool
             )
-        frames_ok = self._buf("frames_ok", (p, n), bool)
+        frames_ok = self._scratch.get("frames_ok", (p, n), bool)
         np.all(finite, axis=2, out=frames_ok)
         self.bad_frames[...] = False
         np.logical_not(frames_ok, out=self.bad_frames[:p, :n])
