@@ -218,13 +218,16 @@ class QuietThenBackSource:
             sent += 256
 
 
-def test_one_performer_losing_its_input_does_not_disturb_the_other(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_performer_losing_its_input_does_not_disturb_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Performer a's device goes quiet (lost), is kept at rest and comes back; performer b,
     on a file paced at real time, gets every frame, in time, from its own audio."""
     stand_in = QuietThenBackSource(talk_s=0.5, quiet_s=1.0)
-    monkeypatch.setattr("bridge.engine.build_source",
-                        lambda cfg, duration=None: stand_in if cfg.kind == "device" else build_source(cfg, duration))
+    monkeypatch.setattr(
+        "bridge.engine.build_source",
+        lambda cfg, duration=None: stand_in if cfg.kind == "device" else build_source(cfg, duration),
+    )
     seconds = 3.0
     wav = tmp_path / "b.wav"
     soundfile.write(str(wav), channel_audio(round(seconds * 30) + 30, 16000, 1), 16000, subtype="FLOAT")
@@ -238,8 +241,13 @@ def test_one_performer_losing_its_input_does_not_disturb_the_other(tmp_path: Pat
         "output": [],
     }, "t.toml")  # fmt: skip
     frames: dict[int, list[tuple[int, float, float]]] = {0: [], 1: []}  # (number, latency s, jawOpen)
-    bridge = Bridge(cfg, raw=True, on_frame=lambda f: frames[f.performer].append(
-        (f.number, time.monotonic() - f.capture_time, float(f.values[JAW]))))
+    bridge = Bridge(
+        cfg,
+        raw=True,
+        on_frame=lambda f: frames[f.performer].append(
+            (f.number, time.monotonic() - f.capture_time, float(f.values[JAW]))
+        ),
+    )
     stop = threading.Event()
     timer = threading.Timer(seconds, stop.set)
     timer.start()
