@@ -27,6 +27,7 @@ from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
 from bridge.modeltools.synth import oracle_value
 from tests.receivers import LiveLinkReceiver, OscReceiver, ZmqReceiver, wait_connected
+from tests.virtual_mic import virtual_mic, virtual_mic_available
 
 FRAMES = 60  # 2 s
 CHANNELS = 4
@@ -269,3 +270,34 @@ def test_one_performer_losing_its_input_does_not_disturb_the_other(
         assert jaw == pytest.approx(oracle_value(level(n, 1), JAW, 3), abs=2e-4)
         assert latency < 0.25
     assert stats["performers"]["b"]["frames_dropped"] == 0
+
+
+@pytest.mark.skipif(virtual_mic_available() is not None, reason=f"virtual mic: {virtual_mic_available()}")
+def test_two_channels_of_one_live_device_to_two_subjects() -> None:
+    """A real PortAudio stream (the 2-channel virtual microphone): one capture stream, each
+    performer its channel; each subject's frames complete, in order, from its own channel."""
+    frames = 45
+    audio = np.stack([channel_audio(frames + 120, 16000, c) for c in (0, 1)], axis=1)
+    ll = LiveLinkReceiver()
+    with virtual_mic(np.round(audio * 32767).astype(np.int16)) as device:
+        perf = [{"name": f"p{c}", "subject": f"S{c}", "identity": IDENTITIES[c],
+                 "input": {"kind": "device", "device": device, "channel": c, "blocksize": 256}}
+                for c in (0, 1)]  # fmt: skip
+        cfg = parse_config({"performer": perf,
+                            "model": {"preset": "oracle", "providers": ["cpu"], "threads": 1, "fallback": ""},
+                            "output": [{"kind": "livelink", "port": ll.port}]}, "mic.toml")  # fmt: skip
+        bridge = Bridge(cfg, raw=True, duration=frames / 30)
+        assert len(bridge.groups) == 1 and bridge.groups[0].source.channels == 2
+        try:
+            stats = bridge.run().as_dict()
+        finally:
+            bridge.close()
+    ll.close()
+    assert stats["frames_dropped"] == 0 and stats["input_overflows"] == 0
+    assert stats["batch"]["max"] == 2  # shared sample clock: the two hops coincide
+    jaw = LIVELINK_NAMES.index("JawOpen")
+    for c in (0, 1):
+        mine = [p for p in ll.packets if p["subject"] == f"S{c}"]
+        assert [p["frame"] for p in mine] == list(range(frames))
+        for p in mine:
+            assert p["values"][jaw] == pytest.approx(expected(p["frame"], c, "jawOpen"), abs=2e-3)
