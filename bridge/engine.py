@@ -333,6 +333,9 @@ class Bridge:
         stats.extra.update(self._input_counters())
         if len(self.performers) > 1:
             stats.extra["batch"] = self.batch_summary()
+            # frames per window (a batch's windows each publish their own frames)
+            rows = self.batch_rows
+            stats.extra["stride"] = round(stats.frames_published / rows, 3) if rows else None
             stats.extra["performers"] = {
                 p.name: {"frames_published": p.published, "frames_dropped": p.scheduler.dropped,
                          "frames_expected": p.stream.frames_total}

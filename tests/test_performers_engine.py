@@ -301,3 +301,18 @@ def test_two_channels_of_one_live_device_to_two_subjects() -> None:
         assert [p["frame"] for p in mine] == list(range(frames))
         for p in mine:
             assert p["values"][jaw] == pytest.approx(expected(p["frame"], c, "jawOpen"), abs=2e-3)
+
+
+def test_bench_streams_reports_every_stream(tmp_path: Path) -> None:
+    """``bench --streams N``: N performers from one N-channel file into all three outputs with
+    real receivers; batch and per-stream figures in the document."""
+    from bridge.bench import run_bench
+
+    doc = run_bench(model="oracle", seconds=1.5, streams=3)
+    assert doc["streams"] == 3 and doc["batch"]["max"] == 3
+    assert doc["frames_published_per_stream"] == {"min": 45, "max": 45}
+    assert doc["frames_dropped_per_stream"] == {"min": 0, "max": 0}
+    assert doc["frames_published"] == 135 == doc["osc_bundles_received"] == doc["zmq_messages_received"]
+    ll = doc["livelink_receiver"]
+    assert ll == {"received": 135, "duplicates": 0, "out_of_order": 0, "not_received": 0}
+    assert doc["stride"] == 1.0 and doc["overhead_ms_per_frame"] > 0
