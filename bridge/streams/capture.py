@@ -12,12 +12,15 @@ segment there, with its own silence and its own frames to drop.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bridge.audio.base import AudioSource
 from bridge.audio.liveness import InputWatch
-from bridge.streams.stream import InputStream
+
+if TYPE_CHECKING:  # stream.py reads through a group of one: no import at run time
+    from bridge.streams.stream import InputStream
 
 
 class CaptureGroup:
