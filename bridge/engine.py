@@ -209,7 +209,7 @@ class Bridge:
             for i, p in enumerate(cast):
                 grouped.setdefault(_capture_key(p.input), []).append(i)
             for members in grouped.values():
-                sources.append(build_source(_group_input([cast[i] for i in members]), duration))
+                sources.append(self._source([cast[i] for i in members], duration, len(cast) > 1))
             self.model = load_model(cfg.model, len(cast))
         except BaseException:
             for s in sources:
@@ -267,6 +267,18 @@ class Bridge:
         self.batches = 0  #: model calls made for due performers
         self.batch_rows = 0  #: windows in them, over all calls
         self.batch_max = 0
+
+    def _source(self, members: list[PerformerConfig], duration: float | None, several: bool) -> AudioSource:
+        """The one source ``members`` share; with several performers, a refusal names them
+        (e.g. a device with fewer channels than the highest one asked for)."""
+        try:
+            return build_source(_group_input(members), duration)
+        except BridgeError as e:
+            if not several:
+                raise
+            names = ", ".join(repr(p.name) for p in members)
+            who = f"performer{'s' if len(members) > 1 else ''} {names}"
+            raise BridgeError(f"{self.cfg.source}: {who}: {e}") from None
 
     def _stream(self, p: PerformerConfig, source: AudioSource, window_frames: int, limit: int | None,
                 several: bool) -> InputStream:  # fmt: skip
