@@ -3,7 +3,12 @@
 A speech-like file (48 kHz, so resampling is part of the cost) is played at
 real time through the full pipeline into all three outputs, each with a real
 receiver on loopback.  The Live Link receiver checks what users care about
-most: every frame number arrives once, in order.
+most: every frame number arrives once, in order (per subject).
+
+``--streams N``: N performers, each on its own channel of one N-channel file of
+distinct speech-like audio (16 kHz, each channel the signal shifted by a different
+offset), played at real time by one reader (no thread per stream), into the same
+outputs, each performer under its own subject.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from bridge.config import BridgeConfig, OutputConfig
+from bridge.config import BridgeConfig, OutputConfig, PerformerConfig
 from bridge.config import _window as window_check
 from bridge.errors import BridgeError
 
@@ -32,7 +37,7 @@ class LiveLinkOrderCheck:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.frames: list[int] = []
+        self.frames: dict[bytes, list[int]] = {}  #: frame numbers per subject
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -45,19 +50,21 @@ class LiveLinkOrderCheck:
                 continue
             (id_len,) = struct.unpack_from(">i", data, 1)
             (subj_len,) = struct.unpack_from(">i", data, 5 + id_len)
+            subject = data[9 + id_len : 9 + id_len + subj_len]
             (frame,) = struct.unpack_from(">i", data, 9 + id_len + subj_len)
-            self.frames.append(frame)
+            self.frames.setdefault(subject, []).append(frame)
 
     def finish(self, expected_published: int) -> dict[str, int]:
         self._stop.set()
         self._thread.join()
         self.sock.close()
-        f = self.frames
+        per = self.frames.values()
+        unique = sum(len(set(f)) for f in per)
         return {
-            "received": len(f),
-            "duplicates": len(f) - len(set(f)),
-            "out_of_order": sum(1 for a, b in zip(f, f[1:], strict=False) if b <= a),
-            "not_received": max(expected_published - len(set(f)), 0),
+            "received": sum(len(f) for f in per),
+            "duplicates": sum(len(f) - len(set(f)) for f in per),
+            "out_of_order": sum(1 for f in per for a, b in zip(f, f[1:], strict=False) if b <= a),
+            "not_received": max(expected_published - unique, 0),
         }
 
 
@@ -126,8 +133,10 @@ def run_bench(
     window_s: float | None = None,
     cuda_graph: bool | None = None,
     config: BridgeConfig | None = None,
+    streams: int | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline for ``seconds`` of audio and return the stats document."""
+    """Run the pipeline for ``seconds`` of audio and return the stats document (``streams``:
+    that many performers, each from its own channel of one file)."""
     import soundfile
 
     from bridge.cli.common import apply_overrides
@@ -136,7 +145,12 @@ def run_bench(
 
     cfg = config or BridgeConfig()
     with tempfile.TemporaryDirectory(prefix="a2e-bench-") as tmp:
-        if input_file is None:
+        if streams is not None:
+            if input_file is not None:
+                raise BridgeError("--streams plays its own N-channel audio: leave out --input")
+            input_file = str(Path(tmp) / f"speech16k-{streams}ch.wav")
+            write_streams(input_file, streams, seconds)
+        elif input_file is None:
             input_file = str(Path(tmp) / "speech48k.wav")
             soundfile.write(input_file, speech_like(seconds, BENCH_RATE), BENCH_RATE)
         cfg = apply_overrides(cfg, input_file=input_file, model=model, realtime=True)
@@ -162,6 +176,11 @@ def run_bench(
             OutputConfig(kind="zmq", endpoint="tcp://127.0.0.1:*", format="json"),
         )
         cfg = cfg.replace(model=model_cfg, schedule=sched, outputs=outputs)
+        if streams is not None:
+            cast = tuple(PerformerConfig(name=f"s{c}", subject=f"S{c}", post=cfg.post,
+                                         input=dataclasses.replace(cfg.input, channel=c))
+                         for c in range(streams))  # fmt: skip
+            cfg = cfg.replace(performers=cast)
         bridge = Bridge(cfg, duration=seconds)
         zmq_out = bridge.outputs[2]
         zmq_count = _zmq_counter(zmq_out.transport.last_endpoint)
@@ -174,6 +193,14 @@ def run_bench(
         zmq_received = zmq_count.finish()
     if stats["frames_published"] == 0:
         raise BridgeError("the benchmark published no frames")
+    if streams is not None:
+        per = stats.pop("performers", None) or {"s0": {"frames_published": stats["frames_published"],
+                                                       "frames_dropped": stats["frames_dropped"]}}
+        stats["streams"] = streams
+        stats.setdefault("batch", bridge.batch_summary())
+        for key in ("frames_published", "frames_dropped"):
+            values = [d[key] for d in per.values()]
+            stats[f"{key}_per_stream"] = {"min": min(values), "max": max(values)}
     stats.update(
         {
             "seconds": seconds,
@@ -187,6 +214,26 @@ def run_bench(
         }
     )
     return stats
+
+
+def write_streams(path: str, streams: int, seconds: float, rate: int = 16_000) -> None:
+    """``streams`` channels of distinct speech-like audio (16-bit, 16 kHz), written a second at
+    a time so hundreds of channels never sit in memory at once."""
+    import numpy as np
+    import soundfile
+
+    from bridge.signals import speech_like
+
+    if not 1 <= streams <= 1024:
+        raise BridgeError(f"--streams {streams}: allowed 1..1024")
+    base = speech_like(max(seconds, 7.0) + 1.0, rate)
+    n = round(seconds * rate)
+    # each channel the same speech shifted by its own offset: distinct audio, same loudness
+    offsets = (np.arange(streams) * 7919 * 13) % base.shape[0]
+    with soundfile.SoundFile(path, "w", rate, streams, subtype="PCM_16") as f:
+        for start in range(0, n, rate):
+            t = np.arange(start, min(start + rate, n))
+            f.write(base[(t[:, None] + offsets[None, :]) % base.shape[0]])
 
 
 def _cpu_count() -> int:

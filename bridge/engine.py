@@ -1,39 +1,53 @@
-"""The daemon: wires source -> ring -> scheduler -> model -> post-processing -> outputs.
+"""The daemon: wires sources -> streams -> scheduler -> batched model -> post -> outputs.
 
 ``Bridge`` only connects stages and runs the hop loop; each stage lives in its
-own module.  The hop loop runs in the caller's thread; the source fills its
+own module.  The hop loop runs in the caller's thread; each source fills its
 ring from its own thread.
+
+Several performers (``[[performer]]``): each has its own stream, scheduler, speech
+track, rest pose and frame numbering (:class:`~bridge.streams.performer.Performer`);
+performers on the channels of one device or file share its capture
+(:class:`~bridge.streams.capture.CaptureGroup`: one source, one ring, read once).
+Per turn, the performers whose hop is due are computed in one model call
+(``ModelRunner.infer_batch``), post-processed in one call per stride, and their
+frames sent to the outputs, which route them by performer.  A performer whose
+input is lost drops out of the batch (its face eased to rest, its numbers going
+on) and comes back; the others never notice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bridge import interrupt
 from bridge.audio.base import AudioSource
 from bridge.audio.liveness import LOOK_EVERY_S, InputWatch, Loss
-from bridge.blendshapes import HEAD_EYE_NAMES, resolve_order
-from bridge.config import BridgeConfig, InputConfig, ModelConfig
+from bridge.blendshapes import resolve_order
+from bridge.config import BridgeConfig, InputConfig, ModelConfig, PerformerConfig, _capture_key
 from bridge.errors import BridgeError
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
 from bridge.model.fallback import FallbackEvent, FallbackSwitch
 from bridge.model.hub import locate_model
 from bridge.model.presets import description_for, get_preset
 from bridge.model.runner import ModelRunner
-from bridge.outputs import build_output
+from bridge.outputs import build_output, performers_served
 from bridge.outputs.base import Output, describe_health
 from bridge.post import build_post_chain
 from bridge.post.base import FrameContext
 from bridge.post.finite import OutputGuard
 from bridge.stats import RunStats
-from bridge.streams.keepalive import RestPose
-from bridge.streams.speech import SpeechTrack
+from bridge.streams.batch import HopBatch
+from bridge.streams.capture import CaptureGroup
+from bridge.streams.performer import Performer
+from bridge.streams.scheduler import Hop
 from bridge.streams.stream import InputStream
 
 log = logging.getLogger(__name__)
@@ -81,7 +95,7 @@ class LoadedModel:
     fallback: FallbackEvent | None = None  #: set when this is the fallback after a failed load
 
 
-def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None) -> ModelRunner:
+def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None, performers: int = 1) -> ModelRunner:
     order = resolve_order(cfg.output_order) if cfg.output_order is not None else None
     preset = get_preset(preset_name)
     model_path = locate_model(preset, path, fetch_missing=cfg.fetch)
@@ -89,7 +103,8 @@ def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None) -> ModelR
     def runner(cuda_graph: bool) -> ModelRunner:
         return ModelRunner(model_path, description_for(preset, order), providers=cfg.providers,
                            threads=cfg.threads, identity=cfg.identity, cuda_graph=cuda_graph,
-                           window_samples=round(cfg.window_s * SAMPLE_RATE))  # fmt: skip
+                           window_samples=round(cfg.window_s * SAMPLE_RATE),
+                           max_batch=cfg.max_batch or performers)  # fmt: skip
 
     if not cfg.cuda_graph or "cuda" not in [p.lower() for p in cfg.providers]:
         return runner(False)
@@ -102,10 +117,11 @@ def _load_preset(cfg: ModelConfig, preset_name: str, path: str | None) -> ModelR
         return runner(False)
 
 
-def load_model(cfg: ModelConfig) -> LoadedModel:
-    """Load the configured model; on failure load ``fallback`` (if set) and say why."""
+def load_model(cfg: ModelConfig, performers: int = 1) -> LoadedModel:
+    """Load the configured model (prepared for batches of ``performers`` windows unless
+    ``[model] max_batch`` says); on failure load ``fallback`` (if set) and say why."""
     try:
-        return LoadedModel(_load_preset(cfg, cfg.preset, cfg.path), cfg.preset)
+        return LoadedModel(_load_preset(cfg, cfg.preset, cfg.path, performers), cfg.preset)
     except BridgeError as e:
         interrupt.check()  # a load cut short by Ctrl-C is not a load failure: no fallback
         if not cfg.fallback or cfg.fallback == cfg.preset:
@@ -113,7 +129,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         failed = time.monotonic()
         log.warning("model %s failed to load (%s); falling back to %s", cfg.preset, e, cfg.fallback)
         try:
-            runner = _load_preset(cfg, cfg.fallback, None)
+            runner = _load_preset(cfg, cfg.fallback, None, performers)
         except BridgeError as e2:
             offline = "; try the pipeline offline with --model synthetic"
             hint = "" if "--model synthetic" in f"{e}{e2}" else offline
@@ -125,8 +141,37 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
 FrameHook = Callable[[FaceFrame], None]
 
 
+@dataclass(eq=False)
+class InputGroup:
+    """A capture group as the hop loop runs it: how its source is paced and watched."""
+
+    capture: CaptureGroup
+    performers: list[Performer]
+    cfg: InputConfig
+    realtime: bool  #: paced like a live input (a device, or a file played at real time)
+    live: bool  #: a device: can be lost and come back
+    block16k: float  #: one capture block in 16 kHz samples (the granularity audio arrives at)
+
+    @property
+    def source(self) -> AudioSource:
+        return self.capture.source
+
+    @property
+    def watch(self) -> InputWatch:
+        return self.capture.watch
+
+
+def _group_input(members: list[PerformerConfig]) -> InputConfig:
+    """The input settings the members' one source is opened with: every channel any of them takes."""
+    inp = members[0].input
+    channels = [p.input.channel for p in members]
+    if len(members) == 1 or "mix" in channels:
+        return inp if len(members) == 1 else dataclasses.replace(inp, channel="mix")
+    return dataclasses.replace(inp, channel=max(int(c) for c in channels))
+
+
 class Bridge:
-    """One running bridge: an input, a model, the post chain and the outputs."""
+    """One running bridge: the performers' inputs, one model, the post chain and the outputs."""
 
     def __init__(
         self,
@@ -136,42 +181,68 @@ class Bridge:
         duration: float | None = None,
         on_frame: FrameHook | None = None,
         live_hops: bool = False,
+        batched: bool = True,
     ) -> None:
         """``live_hops`` makes a fast (unpaced) file hop like a live input that keeps up:
         one frame per model call, audio pulled only when the next frame needs it.  Offline
-        comparisons and calibration use it to reproduce realtime's frames exactly."""
+        comparisons and calibration use it to reproduce realtime's frames exactly.
+        ``batched`` False runs each due performer's window in a model call of its own
+        (the reference the batched path is checked against)."""
         self.cfg = cfg
         self.live_hops = live_hops
         self.on_frame = on_frame
+        self.batched = batched
+        cast = cfg.cast
         window_frames = round(cfg.model.window_s * FPS)
         if cfg.schedule.lookahead_frames >= window_frames:
             raise BridgeError(
                 f"{cfg.source}: schedule.lookahead_frames = {cfg.schedule.lookahead_frames} must be "
                 f"smaller than the window ({window_frames} frames for model.window_s = {cfg.model.window_s})"
             )
-        self.post = build_post_chain([cfg.post], raw=raw)  # one performer
-        # Cheap checks first (the input, the ports), so a typo costs no model load.
+        self.post = build_post_chain([p.post for p in cast], raw=raw)
+        # Cheap checks first (the inputs, the ports), so a typo costs no model load.
         self.outputs: list[Output] = []
-        source: AudioSource | None = None
+        sources: list[AudioSource] = []
         try:
-            self.outputs = [build_output(o, [(0, None)]) for o in cfg.outputs]
-            source = build_source(cfg.input, duration)
-            self.model = load_model(cfg.model)
+            self.outputs = [build_output(o, performers_served(cfg, o)) for o in cfg.outputs]
+            grouped: dict[tuple[Any, ...], list[int]] = {}
+            for i, p in enumerate(cast):
+                grouped.setdefault(_capture_key(p.input), []).append(i)
+            for members in grouped.values():
+                sources.append(self._source([cast[i] for i in members], duration, len(cast) > 1))
+            self.model = load_model(cfg.model, len(cast))
         except BaseException:
-            if source is not None:
-                source.stop()
+            for s in sources:
+                s.stop()
             self.close()
             raise
         self.runner = self.model.runner
         limit = round(duration * SAMPLE_RATE) if duration is not None else None
-        self.stream = InputStream(source, channel=cfg.input.channel,
-                                  window_samples=self.runner.window_samples,
-                                  window_frames=window_frames,
-                                  lookahead=cfg.schedule.lookahead_frames,
-                                  limit_samples=limit)  # fmt: skip
-        if live_hops:
-            self.stream.scheduler.max_stride = 1
-        self.realtime = cfg.input.kind == "device" or cfg.input.realtime
+        default_subject = next((o.subject for o in cfg.outputs), "")
+        self.performers: list[Performer] = []
+        self.groups: list[InputGroup] = []
+        try:
+            for g, (members, source) in enumerate(zip(grouped.values(), sources, strict=True)):
+                streams = []
+                for i in members:
+                    p = cast[i]
+                    stream = self._stream(p, source, window_frames, limit, len(cast) > 1)
+                    identity = cfg.model.identity if p.identity is None else p.identity
+                    subject = p.subject or default_subject
+                    self.performers.append(Performer(i, p.name, subject, identity, stream, g))
+                    streams.append(stream)
+                inp = cast[members[0]].input
+                block_s = inp.blocksize / source.samplerate
+                self.groups.append(InputGroup(
+                    CaptureGroup(source, streams, block_s), [p for p in self.performers if p.group == g], inp,
+                    realtime=inp.kind == "device" or inp.realtime, live=inp.kind == "device",
+                    block16k=inp.blocksize * SAMPLE_RATE / source.samplerate))  # fmt: skip
+        except BaseException:
+            for s in sources:
+                s.stop()
+            self.close()
+            raise
+        self.performers.sort(key=lambda p: p.index)
         self.max_latency_s = cfg.schedule.max_latency_ms / 1000.0
         self.stats = RunStats(provider=self.runner.provider, model=self.model.preset)
         if self.model.fallback is not None:
@@ -179,44 +250,77 @@ class Bridge:
         fb = cfg.model.fallback
         can_switch = bool(fb) and fb != self.model.preset and self.model.fallback is None
         self.fallback = FallbackSwitch(
-            (lambda: LoadedModel(_load_preset(cfg.model, fb, None), fb)) if can_switch else None,
+            (lambda: LoadedModel(_load_preset(cfg.model, fb, None, len(cast)), fb)) if can_switch else None,
             cfg.model.fallback_after_s,
             cfg.schedule.max_latency_ms,
         )
-        self.guard = OutputGuard(max_frames=window_frames)  # NaN/Inf never reach post or outputs
-        self._rms = np.zeros(window_frames, dtype=np.float32)
-        self._head_block = np.zeros((window_frames, len(HEAD_EYE_NAMES)), dtype=np.float32)
-        self._subject = next((o.subject for o in cfg.outputs), "")
+        names = [p.name for p in cast] if len(cast) > 1 else None
+        # NaN/Inf never reach post or outputs
+        self.guard = OutputGuard(max_frames=window_frames, performers=len(cast), names=names)
+        self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
+        #: identities go to the model only when some performer differs from [model] identity
+        self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
-        self._speech = SpeechTrack()
-        #: one capture block in 16 kHz samples (the granularity at which audio arrives)
-        self._block16k = cfg.input.blocksize * SAMPLE_RATE / source.samplerate
-        #: a live input can be lost (and come back); a file cannot
-        self.live = cfg.input.kind == "device"
-        self.watch = InputWatch(source, cfg.input.blocksize / source.samplerate)
-        self.rest = RestPose()
-        self._held_up_s = max(HELD_UP_S, 2.0 * cfg.input.blocksize / source.samplerate)
+        self._held_up_s = max([HELD_UP_S] + [2.0 * g.block16k / SAMPLE_RATE for g in self.groups])
         self._last_hop_end: float | None = None
         self._gap_before_hop = False  #: an input gap since the last hop (not the model's doing)
+        self.batches = 0  #: model calls made for due performers
+        self.batch_rows = 0  #: windows in them, over all calls
+        self.batch_max = 0
+
+    def _source(self, members: list[PerformerConfig], duration: float | None, several: bool) -> AudioSource:
+        """The one source ``members`` share; with several performers, a refusal names them
+        (e.g. a device with fewer channels than the highest one asked for)."""
+        try:
+            return build_source(_group_input(members), duration)
+        except BridgeError as e:
+            if not several:
+                raise
+            names = ", ".join(repr(p.name) for p in members)
+            who = f"performer{'s' if len(members) > 1 else ''} {names}"
+            raise BridgeError(f"{self.cfg.source}: {who}: {e}") from None
+
+    def _stream(self, p: PerformerConfig, source: AudioSource, window_frames: int, limit: int | None,
+                several: bool) -> InputStream:  # fmt: skip
+        """Performer ``p``'s stream on ``source``; a channel the source lacks is one line naming it."""
+        try:
+            stream = InputStream(source, channel=p.input.channel, window_samples=self.runner.window_samples,
+                                 window_frames=window_frames, lookahead=self.cfg.schedule.lookahead_frames,
+                                 limit_samples=limit)  # fmt: skip
+        except BridgeError as e:
+            if not several:
+                raise
+            raise BridgeError(f"{self.cfg.source}: performer {p.name!r}: {e} ({source.name})") from None
+        if self.live_hops:
+            stream.scheduler.max_stride = 1
+        return stream
+
+    @property
+    def stream(self) -> InputStream:
+        """The first performer's stream (the only one, for one performer)."""
+        return self.performers[0].stream
 
     def describe(self) -> str:
         r = self.runner
         outs = ", ".join(o.name for o in self.outputs) or "none"
+        inputs = "; ".join(f"{g.source.name} ({g.source.samplerate} Hz, {g.source.channels} ch)"
+                           for g in self.groups)  # fmt: skip
+        who = f"{len(self.performers)} performers, " if len(self.performers) > 1 else ""
         return (
             f"model {self.model.preset} ({r.path.name}) on {r.provider}, loaded in "
-            f"{r.load_seconds:.2f} s; input {self.stream.source.name} "
-            f"({self.stream.source.samplerate} Hz, {self.stream.source.channels} ch); outputs: {outs}"
+            f"{r.load_seconds:.2f} s; {who}input {inputs}; outputs: {outs}"
         )
 
     # ---- the hop loop ---------------------------------------------------------------
     def run(self, stop: threading.Event | None = None) -> RunStats:
-        """Run until the input ends, ``stop`` is set, or the duration is reached."""
+        """Run until every input ends, ``stop`` is set, or the duration is reached."""
         stop = stop or threading.Event()
-        stats, source = self.stats, self.stream.source
+        stats = self.stats
         self._next_status = time.monotonic() + STATUS_EVERY_S
         try:
-            source.start()
-            self.watch.start(time.monotonic())
+            for g in self.groups:
+                g.source.start()
+                g.watch.start(time.monotonic())
             while not stop.is_set():
                 t_busy, c_busy = time.perf_counter(), time.thread_time()
                 wait = self._step()
@@ -227,53 +331,85 @@ class Bridge:
                 if wait:
                     time.sleep(wait)
         finally:
-            source.stop()
+            for g in self.groups:
+                g.source.stop()
             self._finish_stats()
         return stats
 
     def _finish_stats(self) -> None:
         """Fill in the totals; also when the run ends on an error, so --stats can still say."""
         stats = self.stats
-        stats.frames_dropped = self.stream.scheduler.dropped
-        stats.frames_expected = self.stream.frames_total
+        stats.frames_dropped = sum(p.scheduler.dropped for p in self.performers)
+        stats.frames_expected = sum(p.stream.frames_total for p in self.performers)
         stats.nonfinite_frames = self.guard.finish()
         stats.extra.update(self._input_counters())
+        if len(self.performers) > 1:
+            stats.extra["batch"] = self.batch_summary()
+            # frames per window (a batch's windows each publish their own frames)
+            rows = self.batch_rows
+            stats.extra["stride"] = round(stats.frames_published / rows, 3) if rows else None
+            stats.extra["performers"] = {
+                p.name: {"frames_published": p.published, "frames_dropped": p.scheduler.dropped,
+                         "frames_expected": p.stream.frames_total}
+                for p in self.performers
+            }  # fmt: skip
+
+    def batch_summary(self) -> dict[str, float]:
+        """Windows per model call: mean and max."""
+        mean = self.batch_rows / self.batches if self.batches else 0.0
+        return {"mean": round(mean, 3), "max": self.batch_max}
 
     def _step(self) -> float | None:
-        """One turn of the hop loop: seconds to sleep next, or None when the input is done."""
-        if self.watch.loss is not None:
-            return self._step_lost()
-        stream, sched, source = self.stream, self.stream.scheduler, self.stream.source
-        missing = self._samples_missing()
+        """One turn of the hop loop: seconds to sleep next, or None when every input is done."""
+        due: list[tuple[Performer, Hop]] = []
+        waits = [w for g in self.groups if (w := self._plan_group(g, due)) is not None]
+        if due:
+            self._run_batch(due)
+            for p, hop in due:
+                p.scheduler.done(hop)
+            self._maybe_log_status()
+            return 0.0
+        return min(waits) if waits else None
+
+    def _plan_group(self, g: InputGroup, due: list[tuple[Performer, Hop]]) -> float | None:
+        """Pull ``g``'s audio and add its performers' ready hops to ``due``; return how long the
+        group may wait (None: it is done)."""
+        if g.watch.loss is not None:
+            return self._step_lost(g)
+        source = g.source
+        members = g.performers
+        missing = min(self._samples_missing(p) for p in members)
         # A ring half full is drained whatever the next frame needs: a source that waits for
         # room (a fast file) must never wait on a frame whose audio the ring cannot hold.
         filling = source.ring.available() < source.ring.capacity // 2
-        if missing > 0 and filling and not stream.ended and not source.finished:
+        if missing > 0 and filling and not g.capture.ended and not source.finished:
             if source.error:
                 raise BridgeError(source.error)
-            if self.live and self._input_lost():
+            if g.live and self._input_lost(g):
                 return 0.0
             # Audio lands a capture block at a time: sleep until about a block before the
             # frame's last sample is due, then poll cheaply (no pull) until it lands.
-            return min(max(POLL_S / 2, (missing - self._block16k) / SAMPLE_RATE), 0.010)
+            return min(max(POLL_S / 2, (missing - g.block16k) / SAMPLE_RATE), 0.010)
         # live_hops: keep the history no further ahead than the next frame needs.
-        if not self.live_hops or stream.history.count < self._next_needed():
+        if not self.live_hops or any(p.stream.history.count < self._next_needed(p) for p in members):
             # A source faster than real time waits for ring space: take only what the
             # history can hold, so none of its frames is ever skipped.
-            gaps = stream.gaps
-            stream.pull(bounded=not self.realtime)
-            self._gap_before_hop |= stream.gaps != gaps
+            gaps = g.capture.gaps
+            g.capture.pull(bounded=not g.realtime)
+            self._gap_before_hop |= g.capture.gaps != gaps
         if source.error:
             raise BridgeError(source.error)
-        # Frames whose audio was lost, or that fell out of the history, are skipped and counted.
-        sched.drop_until(stream.first_usable_frame())
-        hop = sched.plan(stream.history.count, self._oldest_in_time() if self.realtime else None)
-        if hop is None:
-            return None if stream.ended else POLL_S
-        self._run_hop(hop)
-        sched.done(hop)
-        self._maybe_log_status()
-        return 0.0
+        waiting = False
+        for p in members:
+            stream, sched = p.stream, p.scheduler
+            # Frames whose audio was lost, or that fell out of the history, are skipped and counted.
+            sched.drop_until(stream.first_usable_frame())
+            hop = sched.plan(stream.history.count, self._oldest_in_time(p) if g.realtime else None)
+            if hop is not None:
+                due.append((p, hop))
+            elif not stream.ended:
+                waiting = True
+        return POLL_S if waiting else None
 
     def _maybe_log_status(self) -> None:
         if time.monotonic() >= self._next_status:
@@ -281,44 +417,51 @@ class Bridge:
             self._log_status()
 
     # ---- a lost input: keep the outputs alive, look for it, resume ----------------------
-    def _input_lost(self) -> bool:
-        """Whether the live input has just been lost (then the loss has begun)."""
+    def _input_lost(self, g: InputGroup) -> bool:
+        """Whether ``g``'s live input has just been lost (then the loss has begun)."""
         now = time.monotonic()
-        reason = self.watch.check(now)
+        reason = g.watch.check(now)
         if reason is None:
             return False
-        source = self.stream.source
+        source = g.source
         lose = getattr(source, "lose", None)
         if lose is not None:
             lose()  # lets go of the lost stream on PortAudio's worker thread, never here
-        if not self.cfg.input.reconnect:
-            self.watch.lose(now, reason)
+        if not g.cfg.reconnect:
+            g.watch.lose(now, reason)
             raise BridgeError(
                 f"input {source.name!r} lost: {reason} (unplugged, or its audio server stopped); "
                 "input.reconnect = false ends the run: set it to true to keep the outputs alive "
                 "and resume when the input returns"
             )
-        loss = self.watch.lose(now, reason)
-        self.rest.start()
+        loss = g.watch.lose(now, reason)
+        for p in g.performers:
+            p.rest.start()
         looking = f"looking for it every {LOOK_EVERY_S:g} s" if lose is not None else "waiting for it"
         log.warning(
-            "input %r lost (%s): easing the face to rest, frames go on from %d; %s",
-            source.name, loss.reason, self.stream.scheduler.next_frame, looking,
+            "input %r lost (%s): easing the face to rest, frames go on from %d; %s%s",
+            source.name, loss.reason, g.performers[0].scheduler.next_frame, looking, self._whose(g),
         )  # fmt: skip
         return True
 
-    def _step_lost(self) -> float:
-        """One turn while the input is lost: a frame at rest when due, a look for the device."""
+    def _whose(self, g: InputGroup) -> str:
+        """`` (performers a, b)`` when there are several performers; empty for one."""
+        if len(self.performers) == 1:
+            return ""
+        return f" (performer{'s' if len(g.performers) > 1 else ''} {', '.join(p.name for p in g.performers)})"
+
+    def _step_lost(self, g: InputGroup) -> float:
+        """One turn while ``g``'s input is lost: frames at rest when due, a look for the device."""
         now = time.monotonic()
-        loss, source = self.watch.loss, self.stream.source
+        loss, source = g.watch.loss, g.source
         assert loss is not None
         if source.error:
             raise BridgeError(source.error)
-        if self.watch.back():
-            self._input_back(now)
+        if g.watch.back():
+            self._input_back(g, now)
             return 0.0
         if now >= loss.next_frame_due:
-            self._publish_rest(now, loss)
+            self._publish_rest(g, now, loss)
             # 30 fps on the wall clock; after a hold-up, go on from now rather than burst.
             loss.next_frame_due = max(loss.next_frame_due + 1.0 / FPS, now)
         reopen = getattr(source, "reopen", None)
@@ -329,44 +472,49 @@ class Bridge:
         due = min(loss.next_frame_due, loss.next_look if reopen is not None else loss.next_frame_due)
         return min(max(due - now, POLL_S), 0.010)
 
-    def _publish_rest(self, now: float, loss: Loss) -> None:
-        """The next frame number, easing from the last published pose to rest."""
-        number = self.stream.scheduler.take_rest_frame()
-        values, head = self.rest.at(loss.frames / FPS)
+    def _publish_rest(self, g: InputGroup, now: float, loss: Loss) -> None:
+        """Each of ``g``'s performers: its next frame number, easing from its last pose to rest."""
         prob = 0.0 if self.runner.last_asr_logits is not None else None
-        frame = FaceFrame(number, values, now, head, self._subject, prob, "")
-        for output in self.outputs:
-            output.publish(frame)
+        for p in g.performers:
+            number = p.scheduler.take_rest_frame()
+            values, head = p.rest.at(loss.frames / FPS)
+            frame = FaceFrame(number, values, now, head, p.subject, prob, "", p.index)
+            for output in self.outputs:
+                output.publish(frame)
+            p.published += 1
+            g.watch.rest_frames += 1
+            if self.on_frame is not None:
+                self.on_frame(frame)
         loss.frames += 1
-        self.watch.rest_frames += 1
-        if self.on_frame is not None:
-            self.on_frame(frame)
 
-    def _input_back(self, now: float) -> None:
-        """Audio is back: it goes on from the next frame number, after a silent gap."""
-        stream, sched = self.stream, self.stream.scheduler
-        first = stream.restart(sched.next_frame, self.watch.resume_frame())
-        sched.drop_until(stream.first_usable_frame())
-        loss = self.watch.resumed(now)
-        self.post.restart()
+    def _input_back(self, g: InputGroup, now: float) -> None:
+        """Audio is back: each performer goes on from its next frame number, after a silent gap."""
+        resume = g.watch.resume_frame()
+        firsts = g.capture.restart([p.scheduler.next_frame for p in g.performers], resume)
+        for p in g.performers:
+            p.scheduler.drop_until(p.stream.first_usable_frame())
+        loss = g.watch.resumed(now)
+        every = len(g.performers) == len(self.performers)
+        rows = None if every else np.array([p.index for p in g.performers], dtype=np.intp)
+        self.post.restart(rows)
         self._gap_before_hop = True
         log.warning(
-            "input %r is back after %.1f s: capture resumed at frame %d (%d frame(s) sent at rest)",
-            stream.source.name, now - loss.since, first, loss.frames,
+            "input %r is back after %.1f s: capture resumed at frame %d (%d frame(s) sent at rest)%s",
+            g.source.name, now - loss.since, firsts[0], loss.frames, self._whose(g),
         )  # fmt: skip
 
-    def _next_needed(self) -> int:
-        """Stream sample count at which the next frame can be published."""
-        sched = self.stream.scheduler
+    def _next_needed(self, p: Performer) -> int:
+        """Stream sample count at which ``p``'s next frame can be published."""
+        sched = p.scheduler
         return frame_end_sample(sched.next_frame + sched.lookahead)
 
-    def _samples_missing(self) -> float:
-        """16 kHz samples still to arrive before the next frame can be published."""
-        return self._next_needed() - self.stream.expected_count()
+    def _samples_missing(self, p: Performer) -> float:
+        """16 kHz samples still to arrive before ``p``'s next frame can be published."""
+        return self._next_needed(p) - p.stream.expected_count()
 
-    def _oldest_in_time(self) -> int | None:
-        """Oldest ready frame that can still be sent within ``max_latency_ms``."""
-        sched, stream = self.stream.scheduler, self.stream
+    def _oldest_in_time(self, p: Performer) -> int | None:
+        """Oldest ready frame of ``p`` that can still be sent within ``max_latency_ms``."""
+        sched, stream = p.scheduler, p.stream
         ready = sched.ready(stream.history.count)
         k = sched.next_frame
         if ready <= k:
@@ -377,7 +525,7 @@ class Bridge:
         return k
 
     def _switch_model(self, loaded: LoadedModel, first_frame: int) -> None:
-        """Hand the hops to the fallback; the stream and the outputs carry on untouched."""
+        """Hand the hops to the fallback; the streams and the outputs carry on untouched."""
         sw = self.fallback
         event = FallbackEvent(self.model.preset, loaded.preset, sw.reason,
                               time.monotonic() - sw.first_miss, first_frame)  # fmt: skip
@@ -386,58 +534,113 @@ class Bridge:
         self.stats.provider, self.stats.model = loaded.runner.provider, loaded.preset
         self.stats.extra["fallback"] = event.as_dict()
 
-    def _run_hop(self, hop) -> None:
-        stats = self.stats
+    # ---- the batched hop ----------------------------------------------------------------
+    def _run_batch(self, due: list[tuple[Performer, Hop]]) -> None:
+        """The due performers' hops: one model call (per ``max_batch`` rows), post per stride, outputs."""
         hop_start = time.monotonic()
         loaded = self.fallback.take()
         if loaded is not None:
-            self._switch_model(loaded, hop.first)
+            self._switch_model(loaded, due[0][1].first)
         elif self.fallback.error:
             log.error("the fallback model failed to load: %s", self.fallback.error)
             self.stats.extra["fallback_error"] = self.fallback.error
             self.fallback.error = None
-        window = self.stream.history.window_ending(hop.window_end)
+        step = self.runner.max_batch if self.batched else 1
+        worst_ms, dt_total, now = 0.0, 0.0, hop_start
+        for lo in range(0, len(due), step):
+            part = due[lo : lo + step]
+            dt, logits, out = self._infer(part)
+            dt_total += dt
+            worst, now = self._post_and_publish(part, out, logits)
+            worst_ms = max(worst_ms, worst)
+        if self.fallback.armed:
+            missed = any(hop.dropped > 0 for _p, hop in due) or worst_ms > self.max_latency_s * 1000.0
+            self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, dt_total))
+        self._last_hop_end = now
+
+    def _infer(self, part: list[tuple[Performer, Hop]]) -> tuple[float, np.ndarray | None, np.ndarray]:
+        """One model call for ``part``'s windows: seconds, CTC logits ``[B, T, V]`` (or None),
+        blendshapes ``[B, F, 52]``."""
+        stats = self.stats
+        windows = self.batch.gather_windows(part)
+        identities = self.batch.identities[: len(part)] if self._identities else None
         t0, c0 = time.perf_counter(), time.thread_time()
-        out = self.runner.infer(window)
+        out = self.runner.infer_batch(windows, identities)
         dt = time.perf_counter() - t0
         stats.inference_cpu_s += time.thread_time() - c0
         stats.inference.add(dt * 1000.0)
         stats.inference_s += dt
         stats.inferences += 1
+        self.batches += 1
+        self.batch_rows += len(part)
+        self.batch_max = max(self.batch_max, len(part))
         self._est_inference_s = dt if stats.inferences == 1 else 0.9 * self._est_inference_s + 0.1 * dt
-        frames = out.shape[0]
-        lo = frames - 1 - (hop.window_last_frame - hop.first)
-        block = out[lo : lo + hop.stride]
-        ctx = self._context(hop)
-        text = ""
-        logits = self.runner.last_asr_logits
-        if logits is not None:
-            ctx.speech_prob = self._speech.frames(logits, frames, lo, hop.stride)
-            text = self._speech.new_text(logits, hop.window_end, self.runner.window_samples,
-                                         frame_end_sample(hop.last))  # fmt: skip
-        self.guard.check(block, ctx.speech_prob, hop.first)
-        self.post.process(block[None], ctx.as_batch())  # a batch of one (views: ctx sees the head)
-        worst_ms = 0.0
-        for i in range(hop.stride):
-            number = hop.first + i
-            capture = self.stream.capture_time(frame_end_sample(number) - 1)
-            head = ctx.head[i]  # zeros unless a stage (head motion) filled them
-            prob = float(ctx.speech_prob[i]) if ctx.speech_prob is not None else None
-            frame = FaceFrame(number, block[i], capture, head, self._subject, prob,
-                              text if i == hop.stride - 1 else "")  # fmt: skip
-            for output in self.outputs:
-                output.publish(frame)
-            now = time.monotonic()
-            latency_ms = (now - capture) * 1000.0
-            stats.record_send(now, latency_ms)
-            worst_ms = max(worst_ms, latency_ms)
-            if self.on_frame is not None:
-                self.on_frame(frame)
-        self.rest.remember(block[hop.stride - 1], ctx.head[hop.stride - 1])
-        if self.fallback.armed:
-            missed = hop.dropped > 0 or worst_ms > self.max_latency_s * 1000.0
-            self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, dt))
-        self._last_hop_end = now
+        return dt, self.runner.last_asr_logits, out
+
+    def _post_and_publish(self, part: list[tuple[Performer, Hop]], out: np.ndarray,
+                          logits: np.ndarray | None) -> tuple[float, float]:  # fmt: skip
+        """Post-process ``part``'s frames (one call per stride) and send them; return the worst
+        latency (ms) and the time of the last send."""
+        frames = out.shape[1]
+        strides: dict[int, list[int]] = {}
+        for b, (_p, hop) in enumerate(part):
+            strides.setdefault(hop.stride, []).append(b)
+        worst_ms, now = 0.0, time.monotonic()
+        for stride, rows in strides.items():
+            first, hop0 = part[rows[0]]
+            lo = frames - 1 - (hop0.window_last_frame - hop0.first)
+            values, ctx = self.batch.block(out, rows, part, lo, stride)
+            texts = self._speech(part, rows, logits, frames, lo, stride, ctx)
+            self.guard.check(values, ctx.speech_prob, ctx.first_frame, ctx.rows)
+            self.post.process(values, ctx)
+            w, now = self._publish(part, rows, values, ctx, texts)
+            worst_ms = max(worst_ms, w)
+        return worst_ms, now
+
+    def _speech(self, part: list[tuple[Performer, Hop]], rows: list[int], logits: np.ndarray | None,
+                frames: int, lo: int, stride: int, ctx: FrameContext) -> list[str] | None:  # fmt: skip
+        """Each row's speech probability (into ``ctx``) and new text, from its own CTC logits."""
+        if logits is None:
+            return None
+        speech = self.batch.speech(len(rows), stride)
+        texts = []
+        for i, b in enumerate(rows):
+            p, hop = part[b]
+            speech[i] = p.speech.frames(logits[b], frames, lo, stride)
+            texts.append(p.speech.new_text(logits[b], hop.window_end, self.runner.window_samples,
+                                           frame_end_sample(hop.last)))  # fmt: skip
+        ctx.speech_prob = speech
+        return texts
+
+    def _publish(self, part: list[tuple[Performer, Hop]], rows: list[int], values: np.ndarray,
+                 ctx: FrameContext, texts: list[str] | None) -> tuple[float, float]:  # fmt: skip
+        """Send every row's frames, in frame order per performer; return (worst latency ms, now)."""
+        stats, outputs, on_frame = self.stats, self.outputs, self.on_frame
+        stride = values.shape[1]
+        speech, head = ctx.speech_prob, ctx.head
+        assert head is not None
+        worst_ms, now = 0.0, time.monotonic()
+        for i, b in enumerate(rows):
+            p, hop = part[b]
+            stream = p.stream
+            text = texts[i] if texts is not None else ""
+            for f in range(stride):
+                number = hop.first + f
+                capture = stream.capture_time(frame_end_sample(number) - 1)
+                prob = float(speech[i, f]) if speech is not None else None
+                frame = FaceFrame(number, values[i, f], capture, head[i, f], p.subject, prob,
+                                  text if f == stride - 1 else "", p.index)  # fmt: skip
+                for output in outputs:
+                    output.publish(frame)
+                now = time.monotonic()
+                latency_ms = (now - capture) * 1000.0
+                stats.record_send(now, latency_ms, interval=p.index == 0)
+                worst_ms = max(worst_ms, latency_ms)
+                if on_frame is not None:
+                    on_frame(frame)
+            p.published += stride
+            p.rest.remember(values[i, stride - 1], head[i, stride - 1])
+        return worst_ms, now
 
     def _held_up(self, hop_start: float, hop_end: float, inference_s: float) -> bool:
         """Whether this hop was held up by something other than the model (an input gap,
@@ -447,57 +650,62 @@ class Bridge:
         gap, self._gap_before_hop = self._gap_before_hop, False
         return gap or waited > self._held_up_s or outside > self._held_up_s
 
-    def _context(self, hop) -> FrameContext:
-        """The block's own audio and each frame's loudness, for stages that gate on them."""
-        n = hop.stride
-        rms = self._rms[:n]
-        history = self.stream.history
-        start = frame_end_sample(hop.first - 1) if hop.first else 0
-        end = frame_end_sample(hop.last)
-        audio = history.span(start, end)
-        for i in range(n):
-            k = hop.first + i
-            lo = (frame_end_sample(k - 1) if k else 0) - start
-            span = audio[lo : frame_end_sample(k) - start]
-            rms[i] = np.sqrt(np.dot(span, span) / span.shape[0])
-        self._head_block[:n] = 0.0
-        return FrameContext(hop.first, rms, None, self._head_block[:n], audio=audio)
-
     def _log_status(self) -> None:
         s = self.stats
         nonfinite = f", {self.guard.describe()}" if self.guard.frames else ""
+        dropped = sum(p.scheduler.dropped for p in self.performers)
+        batch = ""
+        if len(self.performers) > 1:
+            b = self.batch_summary()
+            batch = f", {len(self.performers)} performers, batch mean {b['mean']:g} max {b['max']}"
         log.info(
-            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms%s; outputs: %s",
-            s.frames_published, self.stream.scheduler.dropped, nonfinite, s.latency.percentile(50),
-            s.latency.percentile(99), s.inference.percentile(50), self._input_status(),
+            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms%s%s; outputs: %s",
+            s.frames_published, dropped, nonfinite, s.latency.percentile(50),
+            s.latency.percentile(99), s.inference.percentile(50), batch, self._input_status(),
             describe_health(self.outputs),
         )  # fmt: skip
 
     def _input_status(self) -> str:
-        """The input's part of the status line: only when something happened to it."""
-        w, stream = self.watch, self.stream
+        """The inputs' part of the status line: only when something happened to one."""
         parts = []
-        if w.loss is not None:
-            parts.append(f"input LOST for {time.monotonic() - w.loss.since:.0f} s")
-        if w.losses:
-            parts.append(f"input lost {w.losses}x, back {w.reconnects}x")
-        if stream.gaps:
-            parts.append(f"audio gaps {stream.gaps} ({stream.lost_samples / SAMPLE_RATE:.1f} s lost)")
+        for g in self.groups:
+            w, c = g.watch, g.capture
+            name = f"input {g.source.name!r} " if len(self.groups) > 1 else "input "
+            if w.loss is not None:
+                parts.append(f"{name}LOST for {time.monotonic() - w.loss.since:.0f} s")
+            if w.losses:
+                parts.append(f"{name}lost {w.losses}x, back {w.reconnects}x")
+            if c.gaps:
+                gap = "audio gaps" if len(self.groups) == 1 else f"{name}audio gaps"
+                parts.append(f"{gap} {c.gaps} ({c.lost_samples / SAMPLE_RATE:.1f} s lost)")
         return "; " + ", ".join(parts) if parts else ""
 
     def _input_counters(self) -> dict[str, object]:
-        ring = self.stream.source.ring
-        return {
-            "input": self.stream.source.name,
-            "input_overflows": ring.overflows,
-            "input_status_flags": ring.status_flags,
-            "ring_overruns": ring.overrun,
-            "audio_gaps": self.stream.gaps,
-            "audio_lost_s": round(self.stream.lost_samples / SAMPLE_RATE, 3),
-            **self.watch.counters(time.monotonic()),
-            "nonfinite_samples": self.stream.conditioner.nonfinite_samples,
-            "outputs": {o.name: o.stats() for o in self.outputs},
-        }
+        """For ``--stats``: one input's counters as before; several inputs summed, with names."""
+        now = time.monotonic()
+        per = []
+        for g in self.groups:
+            ring = g.source.ring
+            per.append({
+                "input": g.source.name,
+                "input_overflows": ring.overflows,
+                "input_status_flags": ring.status_flags,
+                "ring_overruns": ring.overrun,
+                "audio_gaps": g.capture.gaps,
+                "audio_lost_s": round(g.capture.lost_samples / SAMPLE_RATE, 3),
+                **g.watch.counters(now),
+                "nonfinite_samples": sum(p.stream.conditioner.nonfinite_samples for p in g.performers),
+            })  # fmt: skip
+        if len(per) == 1:
+            doc: dict[str, object] = per[0]
+        else:
+            doc = {"input": [d["input"] for d in per]}
+            for key in per[0]:
+                if key != "input":
+                    total = sum(d[key] for d in per)  # type: ignore[misc]
+                    doc[key] = round(total, 3) if isinstance(total, float) else total
+        doc["outputs"] = {o.name: o.stats() for o in self.outputs}
+        return doc
 
     def close(self) -> None:
         for o in self.outputs:

@@ -75,8 +75,13 @@ class RunStats:
     _cpu0: float = field(default_factory=time.process_time)
     _last_send: float | None = None
 
-    def record_send(self, now: float, latency_ms: float) -> None:
+    def record_send(self, now: float, latency_ms: float, interval: bool = True) -> None:
+        """One frame sent; ``interval``: it counts for the send interval (the first performer's
+        frames only, when there are several: the interval is one face's frame pacing)."""
         self.latency.add(latency_ms)
+        if not interval:
+            self.frames_published += 1
+            return
         if self._last_send is not None:
             self.interval.add((now - self._last_send) * 1000.0)
         self._last_send = now

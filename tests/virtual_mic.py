@@ -9,10 +9,10 @@ every open.  See /work/shared/notes/virtual-mic.md.
 
 The chain, as an ALSA capture PCM named ``name``::
 
-    plug (S16_LE, 1 ch, rate)             what PortAudio opens, any format it asks
+    plug (S16_LE, 1 or 2 ch, rate)        what PortAudio opens, any format it asks
       file (infile = raw S16_LE file)      replaces captured samples with the file's
         plug                               the jack plugin is float-only
-          jack (system:capture_1)          paced by jackd -d dummy -r rate
+          jack (system:capture_1[, _2])    paced by jackd -d dummy -r rate
 
 PortAudio initialisation: PortAudio enumerates (and probes, by opening them)
 ALSA devices once, in ``Pa_Initialize``, which ``import sounddevice`` calls.  So
@@ -62,10 +62,12 @@ import numpy as np
 
 ALSA_BASE_CONFIG = "/usr/share/alsa/alsa.conf"
 JACK_PERIOD = 256
+#: capture ports of jackd's dummy driver (its default): a virtual microphone has up to this many channels
+JACK_CAPTURE_PORTS = 2
 
 # The one copy of the ALSA configuration (the shell script reuses it via this module).
 ALSA_TEMPLATE = """\
-# Virtual microphone {name!r}: raw S16_LE file {raw}, paced by jackd (dummy driver).
+# Virtual microphone {name!r}: raw S16_LE file {raw} ({channels} ch), paced by jackd (dummy driver).
 pcm.{name} {{
     type plug
     slave {{
@@ -78,21 +80,22 @@ pcm.{name} {{
                 type plug
                 slave.pcm {{
                     type jack
-                    capture_ports {{ 0 system:capture_1 }}
+                    capture_ports {{ {ports} }}
                     playback_ports {{ 0 system:playback_1 }}
                 }}
             }}
         }}
         format S16_LE
-        channels 1
+        channels {channels}
         rate {rate}
     }}
 }}
 """
 
 
-def alsa_config(name: str, raw_path: str | Path, rate: int) -> str:
-    """ALSA config text defining capture PCM ``name`` that plays ``raw_path`` at ``rate``."""
+def alsa_config(name: str, raw_path: str | Path, rate: int, channels: int = 1) -> str:
+    """ALSA config text defining capture PCM ``name`` that plays ``raw_path`` (interleaved
+    S16_LE, ``channels`` channels) at ``rate``."""
     raw = str(Path(raw_path).resolve())
     if int(rate) <= 0:
         raise ValueError(f"rate must be positive, not {rate}")
@@ -100,7 +103,10 @@ def alsa_config(name: str, raw_path: str | Path, rate: int) -> str:
         raise ValueError(f"device name {name!r}: use letters, digits and '_' only")
     if any(c in raw for c in '"\\\n'):
         raise ValueError(f"raw file path {raw!r} must not contain quotes, backslashes or newlines")
-    return ALSA_TEMPLATE.format(name=name, raw=raw, rate=int(rate))
+    if not 1 <= int(channels) <= JACK_CAPTURE_PORTS:
+        raise ValueError(f"channels must be 1..{JACK_CAPTURE_PORTS} (dummy driver ports), not {channels}")
+    ports = " ".join(f"{c} system:capture_{c + 1}" for c in range(int(channels)))
+    return ALSA_TEMPLATE.format(name=name, raw=raw, rate=int(rate), channels=int(channels), ports=ports)
 
 
 def unique_name() -> str:
@@ -268,7 +274,8 @@ class JackServer:
 
 @contextlib.contextmanager
 def virtual_mic_server(
-    raw_path: str | Path, rate: int = 16000, name: str | None = None, portaudio: bool = True
+    raw_path: str | Path, rate: int = 16000, name: str | None = None, portaudio: bool = True,
+    channels: int = 1,
 ) -> Iterator[tuple[str, JackServer]]:
     """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name and server.
 
@@ -289,7 +296,7 @@ def virtual_mic_server(
     saved = {k: os.environ.get(k) for k in keys}
     with tempfile.TemporaryDirectory(prefix="a2e-vmic-") as tmp:
         conf = Path(tmp) / "asound.conf"
-        conf.write_text(alsa_config(name, raw_path, rate))
+        conf.write_text(alsa_config(name, raw_path, rate, channels))
         levels = _portaudio_suspend()
         os.environ["ALSA_CONFIG_PATH"] = f"{ALSA_BASE_CONFIG}:{conf}"
         os.environ["JACK_DEFAULT_SERVER"] = server
@@ -313,24 +320,26 @@ def virtual_mic_server(
 
 
 @contextlib.contextmanager
-def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None = None) -> Iterator[str]:
-    """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name.
-
-    See :func:`virtual_mic_server`, which also yields the server.
+def virtual_mic_file(raw_path: str | Path, rate: int = 16000, name: str | None = None,
+                     channels: int = 1) -> Iterator[str]:  # fmt: skip
+    """Run a virtual capture device playing ``raw_path`` (S16_LE, ``channels`` interleaved);
+    yield its name.  See :func:`virtual_mic_server`, which also yields the server.
     """
-    with virtual_mic_server(raw_path, rate, name) as (device, _server):
+    with virtual_mic_server(raw_path, rate, name, channels=channels) as (device, _server):
         yield device
 
 
 def write_raw(path: str | Path, samples: np.ndarray, rate: int, min_seconds: float = 20.0) -> Path:
-    """Write int16 mono ``samples`` as raw S16_LE, padded with zeros to ``min_seconds``."""
+    """Write int16 ``samples`` (mono ``[n]``, or ``[n, channels]``) as raw interleaved S16_LE,
+    padded with zeros to ``min_seconds``."""
     samples = np.asarray(samples)
-    if samples.dtype != np.int16 or samples.ndim != 1:
-        raise ValueError("raw_samples must be a 1-D int16 array (mono)")
+    if samples.dtype != np.int16 or samples.ndim not in (1, 2):
+        raise ValueError("raw_samples must be int16, [n] (mono) or [n, channels]")
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
     pad = max(0, int(min_seconds * rate) - samples.shape[0])
     with open(path, "wb") as f:
         samples.astype("<i2").tofile(f)
-        np.zeros(pad, dtype="<i2").tofile(f)
+        np.zeros(pad * channels, dtype="<i2").tofile(f)
     return Path(path)
 
 
@@ -341,14 +350,16 @@ def virtual_mic(
     name: str | None = None,
     min_seconds: float = 20.0,
 ) -> Iterator[str]:
-    """Run a virtual capture device that "hears" ``raw_samples`` (int16 mono); yield its name.
+    """Run a virtual capture device that "hears" ``raw_samples`` (int16, mono ``[n]`` or
+    ``[n, 2]``: a 2-channel device); yield its name.
 
     The samples are written as raw S16_LE, padded with zeros to ``min_seconds`` so
     that captures shorter than that never run past the end of the file.
     """
+    channels = 1 if np.ndim(raw_samples) == 1 else int(np.shape(raw_samples)[1])
     with tempfile.TemporaryDirectory(prefix="a2e-vmic-raw-") as tmp:
         raw = write_raw(Path(tmp) / "mic.raw", raw_samples, rate, min_seconds)
-        with virtual_mic_file(raw, rate, name) as device:
+        with virtual_mic_file(raw, rate, name, channels) as device:
             yield device
 
 

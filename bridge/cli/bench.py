@@ -24,11 +24,13 @@ from bridge.config import load_config
 @click.option("--lookahead", type=click.IntRange(min=0), default=None, help="lookahead_frames")
 @click.option("--window", "window_s", type=float, default=None, help="model.window_s (seconds)")
 @click.option("--cuda-graph/--no-cuda-graph", default=None, help="model.cuda_graph (default: config)")
+@click.option("--streams", type=click.IntRange(1, 1024), default=None, metavar="N",
+              help="N performers, each its own channel of one N-channel file of distinct speech-like audio")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False))
 @friendly
 def bench(model: str, seconds: float, json_path: str | None, input_file: str | None,
           providers: str | None, lookahead: int | None, window_s: float | None, cuda_graph: bool | None,
-          config_path: str | None) -> None:  # fmt: skip
+          streams: int | None, config_path: str | None) -> None:  # fmt: skip
     """Run the whole pipeline from a file at real-time pace into all outputs and report."""
     from bridge.bench import run_bench
 
@@ -37,7 +39,7 @@ def bench(model: str, seconds: float, json_path: str | None, input_file: str | N
         check_writable(json_path, "--json")
     result = run_bench(model=model, seconds=seconds, input_file=input_file,
                        providers=providers, lookahead=lookahead, window_s=window_s,
-                       cuda_graph=cuda_graph,
+                       cuda_graph=cuda_graph, streams=streams,
                        config=load_config(config_path))  # fmt: skip
     click.echo(json.dumps(result, indent=2))
     if json_path:

@@ -64,7 +64,8 @@ class InputStream:
         self._ahead = int(keep_seconds * SAMPLE_RATE) - SAMPLE_RATE // 10
         self.scheduler = HopScheduler(window_frames, lookahead)
         self.limit_samples = limit_samples  #: stop after this many 16 kHz samples (--duration)
-        self._scratch = np.zeros((max(source.ring.capacity // 4, 4096), source.channels), np.float32)
+        self._empty = np.zeros((0, source.channels), np.float32)
+        self._solo = None  #: the CaptureGroup of one that :meth:`pull` reads through, made on first use
         self._rate_ratio = source.samplerate / SAMPLE_RATE
         # The current segment: stream sample _anchor_sample is ring frame _anchor_raw.
         self._anchor_sample = 0
@@ -84,32 +85,30 @@ class InputStream:
         time, which wait for room in their ring) also takes no more than the history
         can hold while it still has the next frame's window: the rest stays in the
         ring, so every frame of such a source is published, however fast it writes.
+        A stream alone on its source reads the ring through a :class:`CaptureGroup` of one.
         """
-        if self.ended:
-            return 0
-        added = 0
-        ring = self.source.ring
-        budget = ring.available()
-        if bounded:
-            room = self.pull_limit() - self.history.count
-            budget = min(budget, max(0, int(room * self._rate_ratio)))
-        while budget > 0:
-            pos = ring.read_pos
-            n = ring.read(self._scratch[: min(budget, self._scratch.shape[0])])
-            if n == 0:
-                break
-            lost = ring.read_pos - n - pos  # overwritten before we got to them
-            if lost > 0:
-                added += self._gap(ring.read_pos - n)
-            budget -= n + lost
-            self._raw_pulled += n
-            added += self._append(self.conditioner.process(self._scratch[:n]))
-            if self.ended:
-                return added
-        if self.source.finished and ring.available() == 0:
-            added += self._append(self.conditioner.process(self._scratch[:0], last=True))
-            self._end()
-        return added
+        if self._solo is None:
+            from bridge.streams.capture import CaptureGroup
+
+            self._solo = CaptureGroup(self.source, [self])
+        before = self.history.count
+        self._solo.pull(bounded)
+        return self.history.count - before
+
+    def raw_room(self) -> int:
+        """Ring frames a bounded pull may still take for this stream (see :meth:`pull_limit`)."""
+        room = self.pull_limit() - self.history.count
+        return max(0, int(room * self._rate_ratio))
+
+    def feed(self, raw: np.ndarray) -> None:
+        """Condition ``raw`` (ring frames, n x channels: the next ones of this segment) into the history."""
+        self._raw_pulled += raw.shape[0]
+        self._append(self.conditioner.process(raw))
+
+    def finish(self) -> None:
+        """The source has written its last frame and all of it was fed: flush and end."""
+        self._append(self.conditioner.process(self._empty, last=True))
+        self._end()
 
     def pull_limit(self) -> int:
         """How far a bounded pull may fill the history: ``keep_seconds`` (less 0.1 s for the
@@ -118,13 +117,13 @@ class InputStream:
         sched = self.scheduler
         return frame_end_sample(sched.next_frame + sched.lookahead) + self._ahead
 
-    def _gap(self, resume_raw: int) -> int:
+    def gap(self, resume_raw: int) -> int:
         """The ring overwrote audio before we read it; the next frame read is ``resume_raw``.
 
         Fill the lost time with silence, so the sample clock stays on the capture
         clock, and start a new segment there; return the samples added.
         """
-        added = self._append(self.conditioner.process(self._scratch[:0], last=True))
+        added = self._append(self.conditioner.process(self._empty, last=True))
         start = self._anchor_sample + int(round((resume_raw - self._anchor_raw) / self._rate_ratio))
         silence = max(0, start - self.history.count)
         added += self._silence(silence)
@@ -142,13 +141,13 @@ class InputStream:
         held, if that is later; older unread audio in the ring is dropped.  Returns
         the first frame the new audio depicts: frames before it are to be dropped.
         """
-        self._append(self.conditioner.process(self._scratch[:0], last=True))
+        self._append(self.conditioner.process(self._empty, last=True))
         start = frame_end_sample(frame - 1) if frame > 0 else 0
         if start < self.history.count:
             frame = first_frame_at_or_after(self.history.count)
             start = frame_end_sample(frame - 1)
         self._silence(start - self.history.count)
-        self.source.ring.skip_to(resume_raw)
+        self.source.ring.skip_to(resume_raw)  # a capture group's first member skips; the rest find it done
         self._new_segment(start, resume_raw)
         self.gap_end_frame = max(self.gap_end_frame, frame)
         return frame

@@ -1,0 +1,89 @@
+"""One capture stream shared by the performers on its channels: the ring is read once.
+
+Performers on the channels of one device (or one file) share one source and one
+ring (one PortAudio stream; one reader thread).  A :class:`CaptureGroup` drains that
+ring once per pull and hands every raw block to each member's :class:`InputStream`,
+which conditions its own channel into its own history.  The ring's frame index is
+the capture clock of every member, so a gap (the ring overwrote audio before it was
+read) is one gap for all of them, at the same ring frame: each member starts a new
+segment there, with its own silence and its own frames to drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bridge.audio.base import AudioSource
+from bridge.audio.liveness import InputWatch
+
+if TYPE_CHECKING:  # stream.py reads through a group of one: no import at run time
+    from bridge.streams.stream import InputStream
+
+
+class CaptureGroup:
+    """A source, its ring, and the streams (one per performer) that take its channels."""
+
+    def __init__(self, source: AudioSource, members: Sequence[InputStream], block_s: float = 0.01) -> None:
+        if any(m.source is not source for m in members):
+            raise ValueError("every member of a capture group reads the group's source")
+        self.source = source
+        self.members = list(members)
+        self._scratch = np.zeros((max(source.ring.capacity // 4, 4096), source.channels), np.float32)
+        #: whether the source still delivers (a live device); the hop loop asks it
+        self.watch = InputWatch(source, block_s)
+
+    def pull(self, bounded: bool = False) -> None:
+        """Move what the source has written so far into every member's history.
+
+        ``bounded`` (a source faster than real time) takes no more than the member with
+        the least room can hold, so none of them skips a frame."""
+        live = [m for m in self.members if not m.ended]
+        if not live:
+            return
+        ring = self.source.ring
+        budget = ring.available()
+        if bounded:
+            budget = min(budget, min(m.raw_room() for m in live))
+        scratch = self._scratch
+        while budget > 0:
+            pos = ring.read_pos
+            n = ring.read(scratch[: min(budget, scratch.shape[0])])
+            if n == 0:
+                break
+            lost = ring.read_pos - n - pos  # overwritten before we got to them
+            block = scratch[:n]
+            for m in live:
+                if lost > 0:
+                    m.gap(ring.read_pos - n)
+                if not m.ended:
+                    m.feed(block)
+            budget -= n + lost
+            if any(m.ended for m in live):
+                live = [m for m in live if not m.ended]
+                if not live:
+                    return
+        if self.source.finished and ring.available() == 0:
+            for m in live:
+                m.finish()
+
+    def restart(self, frames: Sequence[int], resume_raw: int) -> list[int]:
+        """Capture starts again at ring frame ``resume_raw``; member i's audio goes on from
+        its frame ``frames[i]`` (see :meth:`InputStream.restart`).  Returns each member's
+        first frame of new audio."""
+        return [m.restart(f, resume_raw) for m, f in zip(self.members, frames, strict=True)]
+
+    @property
+    def ended(self) -> bool:
+        return all(m.ended for m in self.members)
+
+    @property
+    def gaps(self) -> int:
+        """Gaps in the capture (each is every member's gap: the first member counts them)."""
+        return self.members[0].gaps
+
+    @property
+    def lost_samples(self) -> int:
+        return self.members[0].lost_samples
