@@ -13,12 +13,14 @@ outputs, each performer under its own subject.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import platform
 import socket
 import struct
 import tempfile
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,98 +31,250 @@ from bridge.errors import BridgeError
 BENCH_RATE = 48_000
 
 
-class LiveLinkOrderCheck:
-    """A UDP receiver that records Live Link frame numbers: lost, duplicated, out of order."""
+#: Receive buffer asked for on every receiver socket: a burst of N performers x 30 fps
+#: must wait in the kernel, not be dropped, while the receiver process is descheduled.
+RCVBUF_BYTES = 32 << 20
+#: Seconds the receiver process is given to start, to connect, and to drain and answer.
+RECEIVER_START_S = 30.0
+RECEIVER_REPLY_S = 10.0
+#: Quiet time that ends the drain after ``stop``; the whole drain is bounded by RECEIVER_REPLY_S / 2.
+DRAIN_QUIET_S = 0.2
+
+
+def _big_rcvbuf(sock: socket.socket) -> int:
+    """Ask for RCVBUF_BYTES (SO_RCVBUFFORCE passes net.core.rmem_max where allowed) and return
+    what the kernel granted (Linux reports twice the requested size, its bookkeeping included)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, RCVBUF_BYTES)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+class LiveLinkOrder:
+    """Live Link frame numbers per subject, checked as they arrive: duplicated, out of order."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.frames: dict[bytes, list[int]] = {}  #: frame numbers per subject
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.received = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self._seen: dict[bytes, set[int]] = {}
+        self._last: dict[bytes, int] = {}
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(2048)
-            except TimeoutError:
-                continue
+    def add(self, data: bytes) -> None:
+        try:
             (id_len,) = struct.unpack_from(">i", data, 1)
             (subj_len,) = struct.unpack_from(">i", data, 5 + id_len)
             subject = data[9 + id_len : 9 + id_len + subj_len]
             (frame,) = struct.unpack_from(">i", data, 9 + id_len + subj_len)
-            self.frames.setdefault(subject, []).append(frame)
+        except struct.error:
+            return  # not a Live Link frame packet
+        self.received += 1
+        seen = self._seen.setdefault(subject, set())
+        if frame in seen:
+            self.duplicates += 1
+        seen.add(frame)
+        last = self._last.get(subject)
+        if last is not None and frame <= last:
+            self.out_of_order += 1
+        self._last[subject] = frame
 
-    def finish(self, expected_published: int) -> dict[str, int]:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-        per = self.frames.values()
-        unique = sum(len(set(f)) for f in per)
-        return {
-            "received": sum(len(f) for f in per),
-            "duplicates": sum(len(f) - len(set(f)) for f in per),
-            "out_of_order": sum(1 for f in per for a, b in zip(f, f[1:], strict=False) if b <= a),
-            "not_received": max(expected_published - unique, 0),
-        }
-
-
-class Counter:
-    """Counts datagrams or ZeroMQ messages on a background thread."""
-
-    def __init__(self, recv: Any, close: Any) -> None:
-        self.count = 0
-        self._recv, self._close = recv, close
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._recv():
-                self.count += 1
-
-    def finish(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        self._close()
-        return self.count
+    def summary(self) -> dict[str, int]:
+        unique = sum(len(s) for s in self._seen.values())
+        return {"received": self.received, "duplicates": self.duplicates,
+                "out_of_order": self.out_of_order, "unique": unique}  # fmt: skip
 
 
-def _udp_counter() -> tuple[int, Counter]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.2)
+def serve_receivers() -> None:
+    """The receiver process (``ReceiverProcess``): Live Link and OSC on UDP, a ZeroMQ SUB, one
+    poll loop, so the bench process keeps its interpreter to the bridge being measured.
 
-    def recv() -> bool:
-        try:
-            sock.recv(65536)
-            return True
-        except TimeoutError:
-            return False
+    Protocol, one JSON line each way on stdin/stdout: it announces its ports; ``{"zmq": endpoint}``
+    connects the SUB (answered ``{"zmq_connected": true}``); ``{"stop": true}`` drains what is
+    queued and answers the counts.  End of stdin (the bench ended, however) ends it at once.
+    """
+    import os
+    import signal
+    import sys
 
-    return sock.getsockname()[1], Counter(recv, sock.close)
-
-
-def _zmq_counter(endpoint: str) -> Counter:
     import zmq
 
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    for sig in (signal.SIGINT, signal.SIGHUP):  # the bench ends it through stdin, never a signal
+        signal.signal(sig, signal.SIG_IGN)
+    ctx = zmq.Context()
+    ll_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    osc_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    granted = {"livelink": _big_rcvbuf(ll_sock), "osc": _big_rcvbuf(osc_sock)}
+    for s in (ll_sock, osc_sock):
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+    sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVTIMEO, 200)
-    sub.connect(endpoint)
+    sub.setsockopt(zmq.RCVHWM, 0)  # never drop on our side; the bridge's PUB keeps its own limit
+    sub.setsockopt(zmq.RCVBUF, RCVBUF_BYTES)
+    sub.setsockopt(zmq.LINGER, 0)
+    order = LiveLinkOrder()
+    osc_count = zmq_count = 0
 
-    def recv() -> bool:
+    def say(doc: dict[str, Any]) -> None:
+        os.write(1, (json.dumps(doc) + "\n").encode())
+
+    say({"pid": os.getpid(), "livelink_port": ll_sock.getsockname()[1], "osc_port": osc_sock.getsockname()[1],
+         "rcvbuf_requested_bytes": RCVBUF_BYTES, "rcvbuf_granted_bytes": granted})  # fmt: skip
+    poller = zmq.Poller()
+    for s in (ll_sock, osc_sock, sub):
+        poller.register(s, zmq.POLLIN)
+    poller.register(0, zmq.POLLIN)
+    stdin = b""
+    drain_until: float | None = None
+    try:
+        while True:
+            ready = dict(poller.poll(DRAIN_QUIET_S * 1000 if drain_until else 1000))
+            if ll_sock.fileno() in ready:  # the Poller answers plain sockets by file number
+                while True:
+                    try:
+                        order.add(ll_sock.recv(2048))
+                    except BlockingIOError:
+                        break
+            if osc_sock.fileno() in ready:
+                while True:
+                    try:
+                        osc_sock.recv(65536)
+                        osc_count += 1
+                    except BlockingIOError:
+                        break
+            if sub in ready:
+                while True:
+                    try:
+                        sub.recv(zmq.NOBLOCK)
+                        zmq_count += 1
+                    except zmq.Again:
+                        break
+            if drain_until is not None and (not ready or time.monotonic() > drain_until):
+                say({"livelink": order.summary(), "osc": osc_count, "zmq": zmq_count})
+                return
+            if 0 in ready:
+                chunk = os.read(0, 4096)
+                if not chunk:
+                    return  # the bench is gone
+                stdin += chunk
+                while b"\n" in stdin:
+                    line, stdin = stdin.split(b"\n", 1)
+                    command = json.loads(line)
+                    if "zmq" in command:
+                        sub.connect(command["zmq"])
+                        say({"zmq_connected": True})
+                    if command.get("stop"):
+                        poller.unregister(0)
+                        drain_until = time.monotonic() + RECEIVER_REPLY_S / 2
+    finally:
+        ll_sock.close()
+        osc_sock.close()
+        sub.close(linger=0)
+        ctx.term()
+        sys.stdout.flush()
+
+
+class ReceiverProcess:
+    """The bench's receivers in a child process (``serve_receivers``), so that at hundreds of
+    streams they neither take the interpreter lock from the hop loop nor fall behind and
+    overflow their socket buffers.  It always ends: told to stop, else its stdin closes (which
+    also happens when the bench dies, however), else it is killed by PID."""
+
+    def __init__(self, log_path: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        import bridge
+
+        env = dict(os.environ)
+        root = str(Path(bridge.__file__).resolve().parent.parent)  # the child imports this same bridge
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from bridge.bench import serve_receivers; serve_receivers()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                start_new_session=True,  # Ctrl-C goes to the bench, which then ends it
+            )  # fmt: skip
+        self._buffer = b""
         try:
-            sub.recv()
-            return True
-        except zmq.Again:
-            return False
+            self.hello = self._read(RECEIVER_START_S, "start")
+        except BaseException:
+            self.close()
+            raise
+        self.pid: int = self.hello["pid"]
+        self.livelink_port: int = self.hello["livelink_port"]
+        self.osc_port: int = self.hello["osc_port"]
 
-    return Counter(recv, lambda: sub.close(linger=0))
+    def _read(self, timeout: float, what: str) -> dict[str, Any]:
+        import os
+        import select
+
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            chunk = os.read(fd, 65536) if left > 0 and select.select([fd], [], [], left)[0] else None
+            if not chunk:
+                raise self._failed(what, f"timed out after {timeout:g} s" if chunk is None
+                                   else f"exited ({self.proc.wait()})")  # fmt: skip
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def _send(self, doc: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(doc) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            raise self._failed("run", f"exited ({self.proc.poll()})") from None
+
+    def _failed(self, what: str, why: str) -> BridgeError:
+        log = Path(self.log_path).read_text(errors="replace").strip().splitlines()
+        return BridgeError(f"bench receiver process: {what} {why}" + (f": {log[-1]}" if log else ""))
+
+    def connect_zmq(self, endpoint: str) -> None:
+        self._send({"zmq": endpoint})
+        self._read(RECEIVER_REPLY_S, "connect")
+
+    def finish(self, expected_published: int) -> tuple[dict[str, int], int, int]:
+        """Stop, drain, and return the Live Link order check, OSC bundles and ZeroMQ messages."""
+        self._send({"stop": True})
+        counts = self._read(RECEIVER_REPLY_S, "stop")
+        self.close()
+        ll = counts["livelink"]
+        unique = ll.pop("unique")
+        ll["not_received"] = max(expected_published - unique, 0)
+        return ll, counts["osc"], counts["zmq"]
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "rcvbuf_requested_bytes": self.hello["rcvbuf_requested_bytes"],
+                "rcvbuf_granted_bytes": self.hello["rcvbuf_granted_bytes"]}  # fmt: skip
+
+    def close(self) -> None:
+        """End the process whatever state it is in; safe to call twice."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):  # it died already: the pipe is broken
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # SIGKILL to its PID
+                self.proc.wait(timeout=5.0)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 def run_bench(
@@ -168,29 +322,28 @@ def run_bench(
         sched = cfg.schedule
         if lookahead is not None:
             sched = dataclasses.replace(sched, lookahead_frames=lookahead)
-        ll = LiveLinkOrderCheck()
-        osc_port, osc_count = _udp_counter()
-        outputs = (
-            OutputConfig(kind="livelink", port=ll.port),
-            OutputConfig(kind="osc", port=osc_port),
-            OutputConfig(kind="zmq", endpoint="tcp://127.0.0.1:*", format="json"),
-        )
-        cfg = cfg.replace(model=model_cfg, schedule=sched, outputs=outputs)
-        if streams is not None:
-            cast = tuple(PerformerConfig(name=f"s{c}", subject=f"S{c}", post=cfg.post,
-                                         input=dataclasses.replace(cfg.input, channel=c))
-                         for c in range(streams))  # fmt: skip
-            cfg = cfg.replace(performers=cast)
-        bridge = Bridge(cfg, duration=seconds)
-        zmq_out = bridge.outputs[2]
-        zmq_count = _zmq_counter(zmq_out.transport.last_endpoint)
+        receivers = ReceiverProcess(str(Path(tmp) / "receivers.log"))  # before the bridge starts
         try:
-            stats = bridge.run().as_dict()
+            outputs = (
+                OutputConfig(kind="livelink", port=receivers.livelink_port),
+                OutputConfig(kind="osc", port=receivers.osc_port),
+                OutputConfig(kind="zmq", endpoint="tcp://127.0.0.1:*", format="json"),
+            )
+            cfg = cfg.replace(model=model_cfg, schedule=sched, outputs=outputs)
+            if streams is not None:
+                cast = tuple(PerformerConfig(name=f"s{c}", subject=f"S{c}", post=cfg.post,
+                                             input=dataclasses.replace(cfg.input, channel=c))
+                             for c in range(streams))  # fmt: skip
+                cfg = cfg.replace(performers=cast)
+            bridge = Bridge(cfg, duration=seconds)
+            try:
+                receivers.connect_zmq(bridge.outputs[2].transport.last_endpoint)
+                stats = bridge.run().as_dict()
+            finally:
+                bridge.close()
+            received, osc_received, zmq_received = receivers.finish(stats["frames_published"])
         finally:
-            bridge.close()
-        received = ll.finish(stats["frames_published"])
-        osc_received = osc_count.finish()
-        zmq_received = zmq_count.finish()
+            receivers.close()
     if stats["frames_published"] == 0:
         raise BridgeError("the benchmark published no frames")
     if streams is not None:
@@ -207,6 +360,7 @@ def run_bench(
             "livelink_receiver": received,
             "osc_bundles_received": osc_received,
             "zmq_messages_received": zmq_received,
+            "receivers": receivers.describe(),
             "window_s": cfg.model.window_s,
             "cuda_graph": cfg.model.cuda_graph,
             "lookahead_frames": cfg.schedule.lookahead_frames,
