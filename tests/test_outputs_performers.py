@@ -33,7 +33,8 @@ def face(number: int, performer: int) -> FaceFrame:
     performer and frame, so a value from the wrong performer cannot pass."""
     values = ((performer + 1) * 128 + np.arange(NUM_BLENDSHAPES, dtype=np.float32) + number) / 1024
     head = np.full(9, (performer + 1) / 8 + number / 1024, dtype=np.float32)
-    return FaceFrame(number, values, 0.0, head, SUBJECTS[performer], 0.25 * performer, performer=performer)
+    subject = SUBJECTS[performer] if performer < len(SUBJECTS) else f"S{performer}"
+    return FaceFrame(number, values, 0.0, head, subject, 0.25 * performer, performer=performer)
 
 
 def udp_receiver() -> socket.socket:
@@ -127,6 +128,34 @@ def test_zmq_sub_sees_each_subject(fmt: str) -> None:
         for k, (_, values, speech) in enumerate(seen[subject]):
             assert values == pytest.approx(face(k, p).values.tolist(), abs=1e-7)
             assert speech in (None, round(0.25 * p, 4))
+
+
+def test_zmq_keeps_a_second_of_every_performers_frames_for_a_slow_subscriber() -> None:
+    """Each hop publishes a burst of one message per performer: 128 performers must not
+    overflow PUB's per-subscriber queue (it drops silently) while the subscriber reads a
+    little later."""
+    cfg = OutputConfig(kind="zmq", endpoint="tcp://127.0.0.1:*", topic="face")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"face ")
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    served = [(i, f"S{i}") for i in range(128)]
+    try:
+        with build_output(cfg, served) as out:
+            sub.connect(out.transport.last_endpoint)  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 5.0
+            while not sub.poll(20):
+                assert time.monotonic() < deadline, "SUB never joined"
+                out.publish(face(999, 0))
+            while sub.poll(100):
+                sub.recv()
+            publish_interleaved(out, 10, range(128))  # 10 hops of 128, nobody reading meanwhile
+            got = 0
+            while sub.poll(300):
+                sub.recv()
+                got += 1
+    finally:
+        sub.close(linger=0)
+    assert got == 1280
 
 
 def osc_messages(performers: list[tuple[int, str | None]], frames: range | tuple[int, ...], speech: bool

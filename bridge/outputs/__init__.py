@@ -84,7 +84,9 @@ def build_output(cfg: OutputConfig, performers: Sequence[tuple[int, str | None]]
     if cfg.kind == "zmq":
         zm = {i: ZmqEncoder(cfg.format, cfg.topic, subject, cfg.device_id, cfg.mirror)
               for i, subject in served}  # fmt: skip
-        transport = ZmqPubTransport(cfg.endpoint, label="zmq")
+        # a subscriber may fall a second behind before PUB drops (silently) for it: one second of
+        # frames of every performer served, since a hop publishes a burst of one per performer
+        transport = ZmqPubTransport(cfg.endpoint, sndhwm=30 * max(1, len(served)), label="zmq")
         return Output(f"zmq {cfg.format} {transport.last_endpoint}", zm[first], transport, routes=zm)
     if cfg.kind == "vrchat":
         return _build_vrchat(cfg, port, first)

@@ -121,7 +121,8 @@ class ZmqPubTransport:
 
     ``send`` uses ``NOBLOCK``; a refused message (``zmq.Again``) is counted in ``dropped``.
     Note that PUB itself drops silently, per subscriber, once that subscriber's queue holds
-    ``sndhwm`` messages, so ``sent`` counts messages handed to libzmq.  With no subscriber
+    ``sndhwm`` messages (the builder gives one second of frames of every performer served),
+    so ``sent`` counts messages handed to libzmq.  With no subscriber
     every message is discarded at once.  ``linger`` is 0: closing never waits for a reader.
     Not thread-safe (a ZeroMQ socket): publish from one thread, the hop loop.
     """
