@@ -34,6 +34,7 @@ from bridge.blendshapes import resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig, PerformerConfig, _capture_key
 from bridge.errors import BridgeError
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
+from bridge.model.ctc import BatchSpeechProbability
 from bridge.model.fallback import FallbackEvent, FallbackSwitch
 from bridge.model.hub import locate_model
 from bridge.model.presets import description_for, get_preset
@@ -258,6 +259,7 @@ class Bridge:
         # NaN/Inf never reach post or outputs
         self.guard = OutputGuard(max_frames=window_frames, performers=len(cast), names=names)
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
+        self._speech_prob = BatchSpeechProbability()
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -602,13 +604,16 @@ class Bridge:
         """Each row's speech probability (into ``ctx``) and new text, from its own CTC logits."""
         if logits is None:
             return None
-        speech = self.batch.speech(len(rows), stride)
+        first, count = rows[0], len(rows)
+        # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
+        sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
+        speech = self._speech_prob(sel, frames, lo, stride, self.batch.speech(count, stride))
+        best = sel.argmax(axis=2)  # the greedy path of every row at once
+        window = self.runner.window_samples
         texts = []
         for i, b in enumerate(rows):
             p, hop = part[b]
-            speech[i] = p.speech.frames(logits[b], frames, lo, stride)
-            texts.append(p.speech.new_text(logits[b], hop.window_end, self.runner.window_samples,
-                                           frame_end_sample(hop.last)))  # fmt: skip
+            texts.append(p.speech.new_text_from(best[i], hop.window_end, window, frame_end_sample(hop.last)))
         ctx.speech_prob = speech
         return texts
 
