@@ -34,6 +34,7 @@ from bridge.blendshapes import resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig, PerformerConfig, _capture_key
 from bridge.errors import BridgeError
 from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
+from bridge.model.ctc import BatchSpeechProbability
 from bridge.model.fallback import FallbackEvent, FallbackSwitch
 from bridge.model.hub import locate_model
 from bridge.model.presets import description_for, get_preset
@@ -258,6 +259,10 @@ class Bridge:
         # NaN/Inf never reach post or outputs
         self.guard = OutputGuard(max_frames=window_frames, performers=len(cast), names=names)
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
+        self._speech_prob = BatchSpeechProbability()
+        self._latencies = np.zeros(len(cast) * window_frames)  #: a block's latencies (ms), reused
+        self._serving_key: tuple[Output, ...] | None = None
+        self._serving_table: list[tuple[Output, ...]] = []
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -602,45 +607,75 @@ class Bridge:
         """Each row's speech probability (into ``ctx``) and new text, from its own CTC logits."""
         if logits is None:
             return None
-        speech = self.batch.speech(len(rows), stride)
+        first, count = rows[0], len(rows)
+        # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
+        sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
+        speech = self._speech_prob(sel, frames, lo, stride, self.batch.speech(count, stride))
+        best = sel.argmax(axis=2)  # the greedy path of every row at once
+        window = self.runner.window_samples
         texts = []
         for i, b in enumerate(rows):
             p, hop = part[b]
-            speech[i] = p.speech.frames(logits[b], frames, lo, stride)
-            texts.append(p.speech.new_text(logits[b], hop.window_end, self.runner.window_samples,
-                                           frame_end_sample(hop.last)))  # fmt: skip
+            texts.append(p.speech.new_text_from(best[i], hop.window_end, window, frame_end_sample(hop.last)))
         ctx.speech_prob = speech
         return texts
 
     def _publish(self, part: list[tuple[Performer, Hop]], rows: list[int], values: np.ndarray,
                  ctx: FrameContext, texts: list[str] | None) -> tuple[float, float]:  # fmt: skip
-        """Send every row's frames, in frame order per performer; return (worst latency ms, now)."""
-        stats, outputs, on_frame = self.stats, self.outputs, self.on_frame
+        """Send every row's frames, in frame order per performer; return (worst latency ms, now).
+
+        Per row, only the outputs that serve its performer are asked; latencies of all but
+        the first performer (whose frames also time the send interval) are recorded per block."""
+        stats, on_frame = self.stats, self.on_frame
+        serving = self._serving()
         stride = values.shape[1]
+        last = stride - 1
         speech, head = ctx.speech_prob, ctx.head
         assert head is not None
+        probs = speech.tolist() if speech is not None else None
+        latencies = self._latencies
+        if latencies.shape[0] < len(rows) * stride:
+            latencies = self._latencies = np.zeros(len(rows) * stride)
+        j = 0
         worst_ms, now = 0.0, time.monotonic()
         for i, b in enumerate(rows):
             p, hop = part[b]
-            stream = p.stream
+            capture_time, index, subject = p.stream.capture_time, p.index, p.subject
+            outputs = serving[index] if index < len(serving) else ()
             text = texts[i] if texts is not None else ""
+            row_values, row_head = values[i], head[i]
+            row_probs = probs[i] if probs is not None else None
             for f in range(stride):
                 number = hop.first + f
-                capture = stream.capture_time(frame_end_sample(number) - 1)
-                prob = float(speech[i, f]) if speech is not None else None
-                frame = FaceFrame(number, values[i, f], capture, head[i, f], p.subject, prob,
-                                  text if f == stride - 1 else "", p.index)  # fmt: skip
+                capture = capture_time(frame_end_sample(number) - 1)
+                frame = FaceFrame(number, row_values[f], capture, row_head[f], subject,
+                                  row_probs[f] if row_probs is not None else None,
+                                  text if f == last else "", index)  # fmt: skip
                 for output in outputs:
                     output.publish(frame)
                 now = time.monotonic()
                 latency_ms = (now - capture) * 1000.0
-                stats.record_send(now, latency_ms, interval=p.index == 0)
-                worst_ms = max(worst_ms, latency_ms)
+                if index == 0:
+                    stats.record_send(now, latency_ms)
+                else:
+                    latencies[j] = latency_ms
+                    j += 1
+                if latency_ms > worst_ms:
+                    worst_ms = latency_ms
                 if on_frame is not None:
                     on_frame(frame)
             p.published += stride
-            p.rest.remember(values[i, stride - 1], head[i, stride - 1])
+            p.rest.remember(row_values[last], row_head[last])
+        stats.record_latencies(latencies[:j])
         return worst_ms, now
+
+    def _serving(self) -> list[tuple[Output, ...]]:
+        """Per performer index, the outputs that serve it (remade if the outputs change)."""
+        key = tuple(self.outputs)
+        if key != self._serving_key:
+            self._serving_key = key
+            self._serving_table = [tuple(o for o in key if o.serves(i)) for i in range(len(self.performers))]
+        return self._serving_table
 
     def _held_up(self, hop_start: float, hop_end: float, inference_s: float) -> bool:
         """Whether this hop was held up by something other than the model (an input gap,

@@ -36,6 +36,19 @@ class Histogram:
         if ms > self.max:
             self.max = ms
 
+    def add_many(self, ms: np.ndarray) -> None:
+        """:meth:`add` for every value of ``ms`` (a block of frames), in a few array calls."""
+        if ms.shape[0] == 0:
+            return
+        i = (ms / self.resolution).astype(np.int64)
+        np.clip(i, 0, self.counts.shape[0] - 1, out=i)
+        np.add.at(self.counts, i, 1)
+        self.n += int(ms.shape[0])
+        self.total += float(ms.sum())
+        top = float(ms.max())
+        if top > self.max:
+            self.max = top
+
     def percentile(self, q: float) -> float | None:
         if self.n == 0:
             return None
@@ -86,6 +99,12 @@ class RunStats:
             self.interval.add((now - self._last_send) * 1000.0)
         self._last_send = now
         self.frames_published += 1
+
+    def record_latencies(self, latency_ms: np.ndarray) -> None:
+        """Frames sent that do not count for the send interval (see :meth:`record_send`),
+        recorded as one block."""
+        self.latency.add_many(latency_ms)
+        self.frames_published += int(latency_ms.shape[0])
 
     def as_dict(self) -> dict[str, Any]:
         wall = max(time.monotonic() - self._wall0, 1e-9)

@@ -53,3 +53,27 @@ def test_frames_from_a_lam_model_carry_speech_probability(tmp_path: Path) -> Non
     probs = [p for p, _ in frames]
     assert len(probs) == 30 and all(p is not None and 0.0 <= p <= 1.0 for p in probs)
     assert all(isinstance(t, str) for _, t in frames)
+
+
+def test_batched_speech_probability_and_text_match_one_window_at_a_time() -> None:
+    """The engine's batch path (one numpy pass for all rows, text from a batch argmax) gives
+    each row exactly what the per-window path gives it."""
+    from bridge.model.ctc import BatchSpeechProbability, SpeechProbability
+
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((5, 49, len(CTC_VOCAB))) * 4).astype(np.float32)
+    batch = BatchSpeechProbability()
+    for frames, lo, count in ((30, 27, 3), (30, 0, 30), (30, 29, 1), (15, 10, 5)):
+        out = np.empty((5, count), np.float32)
+        batch(logits, frames, lo, count, out)
+        for b in range(5):
+            one = SpeechProbability()(logits[b], frames)[lo : lo + count]
+            np.testing.assert_allclose(out[b], one, rtol=0, atol=1e-6)
+    window = STEP_HOP * 48 + STEP_SPAN
+    one, two = SpeechTrack(), SpeechTrack()
+    best = logits.argmax(axis=2)
+    for b, upto in enumerate((0, 390, 401, 5000, window)):
+        for end in (window, window + 640):
+            assert one.new_text(logits[b], end, window, upto + end - window) == two.new_text_from(
+                best[b], end, window, upto + end - window
+            )

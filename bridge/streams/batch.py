@@ -32,6 +32,7 @@ class HopBatch:
         self._speech = np.zeros(n * f, dtype=np.float32)
         self._head = np.zeros(n * f * len(HEAD_EYE_NAMES), dtype=np.float32)
         self._audio = np.zeros(n * (frame_end_sample(f) + 1), dtype=np.float32)
+        self._square = np.zeros_like(self._audio)
         self.first = np.zeros(n, dtype=np.int64)
         self.rows = np.zeros(n, dtype=np.intp)
         self._all = np.arange(n, dtype=np.intp)
@@ -53,27 +54,45 @@ class HopBatch:
         first, perf = self.first[:p_count], self.rows[:p_count]
         head[...] = 0.0
         width = 0
+        r0 = rows[0]
+        consecutive = rows[-1] - r0 + 1 == p_count
+        if consecutive:  # the usual case: one copy for the block
+            values[...] = out[r0 : r0 + p_count, lo : lo + f]
         for i, b in enumerate(rows):
             performer, hop = due[b]
-            values[i] = out[b, lo : lo + f]
+            if not consecutive:
+                values[i] = out[b, lo : lo + f]
             first[i] = hop.first
             perf[i] = performer.index
             start = frame_end_sample(hop.first - 1) if hop.first else 0
             width = max(width, frame_end_sample(hop.last) - start)
         audio = _view(self._audio, (p_count, width))
+        # Each frame's own samples, as flat offsets into ``audio`` (rows right-aligned, their
+        # left padding zero): one reduceat gives every frame's sum of squares.
+        starts: list[int] = []
+        lens: list[int] = []
         for i, b in enumerate(rows):
-            _performer, hop = due[b]
+            performer, hop = due[b]
             start = frame_end_sample(hop.first - 1) if hop.first else 0
-            span = due[b][0].stream.history.span(start, frame_end_sample(hop.last))
+            end = frame_end_sample(hop.last)
+            span = performer.stream.history.span(start, end)
+            n = span.shape[0]
             row = audio[i]
-            row[: width - span.shape[0]] = 0.0
-            row[width - span.shape[0] :] = span
-            # each frame's own samples: boundaries relative to the block's start
-            bounds = np.fromiter((frame_end_sample(hop.first + k - 1) - start if hop.first + k else 0
-                                  for k in range(f)), dtype=np.intp, count=f)  # fmt: skip
-            sums = np.add.reduceat(span * span, bounds)
-            lens = np.diff(np.append(bounds, span.shape[0]))
-            np.sqrt(sums / lens, out=rms[i])
+            row[: width - n] = 0.0
+            row[width - n :] = span
+            base, prev = i * width + width - n - start, start
+            for k in range(f):
+                e = frame_end_sample(hop.first + k)
+                starts.append(base + prev)
+                lens.append(e - prev)
+                prev = e
+        flat = audio.reshape(-1)
+        square = _view(self._square, (flat.shape[0],))
+        np.multiply(flat, flat, out=square)
+        flat_rms = rms.reshape(-1)
+        np.add.reduceat(square, starts, out=flat_rms)
+        np.divide(flat_rms, lens, out=flat_rms)
+        np.sqrt(flat_rms, out=flat_rms)
         every = p_count == self.performers and bool((perf == self._all).all())
         ctx = FrameContext(first, rms, None, head, audio=audio, rows=None if every else perf)
         return values, ctx

@@ -32,20 +32,23 @@ class SpeechTrack:
 
     def new_text(self, logits: np.ndarray, window_end: int, window: int, upto: int) -> str:
         """Characters of the steps that end in (decoded_to, upto]; ``|`` becomes a space."""
-        a = _check_logits(logits)
-        start = window_end - window
-        ends = start + np.arange(a.shape[0]) * STEP_HOP + STEP_SPAN
-        pick = (ends > self._decoded_to) & (ends <= upto)
-        if not pick.any():
+        return self.new_text_from(_check_logits(logits).argmax(axis=1), window_end, window, upto)
+
+    def new_text_from(self, best: np.ndarray, window_end: int, window: int, upto: int) -> str:
+        """:meth:`new_text` from the window's argmax path ``best`` (``[T]`` ids), which the
+        engine takes for a whole batch in one call: only the new steps are walked."""
+        start = window_end - window + STEP_SPAN  # end of step 0
+        # steps k with decoded_to < start + k * STEP_HOP <= upto
+        k_lo = max(0, (self._decoded_to - start) // STEP_HOP + 1)
+        k_hi = min(best.shape[0] - 1, (upto - start) // STEP_HOP)
+        if k_lo > k_hi:
             return ""
-        ids = a[pick].argmax(axis=1)
         out = []
         last = self._last_id
-        for i in ids:
-            i = int(i)
+        for i in best[k_lo : k_hi + 1].tolist():
             if i != last and i >= SPECIAL_IDS:
                 out.append(" " if CTC_VOCAB[i] == "|" else CTC_VOCAB[i])
             last = i
         self._last_id = last
-        self._decoded_to = int(ends[pick][-1])
+        self._decoded_to = start + k_hi * STEP_HOP
         return "".join(out)
