@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import soundfile
 
-from bridge.audio.ring import SampleRing
 from bridge.blendshapes import ARKIT_NAMES, EPIC_NAMES, LIVELINK_NAMES
 from bridge.config import parse_config
 from bridge.engine import Bridge, build_source
@@ -27,6 +26,7 @@ from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
 from bridge.modeltools.synth import oracle_value
 from tests.receivers import LiveLinkReceiver, OscReceiver, ZmqReceiver, wait_connected
+from tests.test_stall import QuietThenBackSource
 from tests.virtual_mic import virtual_mic, virtual_mic_available
 
 FRAMES = 60  # 2 s
@@ -177,46 +177,6 @@ def test_a_channel_the_file_lacks_is_one_line_naming_the_performer(tmp_path: Pat
         Bridge(cfg, raw=True)
     msg = str(e.value)
     assert "\n" not in msg and "performer 'late'" in msg and "channel = 5" in msg and "2 channel" in msg
-
-
-class QuietThenBackSource:
-    """Stand-in for a capture device (the AudioSource contract, no PortAudio): real-time
-    blocks of a constant level, then quiet for ``quiet_s``, then audio again.  A real
-    device that goes away and returns is in tests/test_device_loss.py; here it is one of
-    two inputs, which a real device cannot be made to do deterministically."""
-
-    name = "mic-a (stand-in)"
-    samplerate = 16000
-    channels = 1
-    finished = False
-    error = None
-
-    def __init__(self, talk_s: float, quiet_s: float) -> None:
-        self.ring = SampleRing(16000, 1)
-        self.talk_s, self.quiet_s = talk_s, quiet_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-    def _run(self) -> None:
-        self._talk(self.talk_s)
-        if not self._stop.wait(self.quiet_s):
-            self._talk(None)
-
-    def _talk(self, seconds: float | None) -> None:
-        block = np.full(256, 0.3, np.float32)
-        t0, sent = time.monotonic(), 0
-        while seconds is None or sent < seconds * 16000:
-            if self._stop.wait(max(0.0, t0 + (sent + 256) / 16000 - time.monotonic())):
-                return
-            self.ring.write(block, time.monotonic())
-            sent += 256
 
 
 def test_one_performer_losing_its_input_does_not_disturb_the_other(

@@ -29,15 +29,20 @@ class AudioHistory:
             self.count += n - self.keep
             x = x[n - self.keep :]
             n = self.keep
+        end = self._room(n)
+        self._buf[end : end + n] = x
+        self.count += n
+
+    def _room(self, n: int) -> int:
+        """Where ``n`` new samples go, sliding the newest ``keep`` to the front first when they
+        would not fit (one memmove, rarely)."""
         end = self.count - self._base
         if end + n > self._buf.shape[0]:
-            # Slide: keep the newest `keep` samples at the front (one memmove, rarely).
             start = end - self.keep
             self._buf[: self.keep] = self._buf[start:end]
             self._base += start
             end = self.keep
-        self._buf[end : end + n] = x
-        self.count += n
+        return end
 
     def append_silence(self, n: int) -> None:
         """Append ``n`` zeros (audio that was lost) without allocating them."""
@@ -48,12 +53,7 @@ class AudioHistory:
             self.count += n
             self._base = self.count - self.keep
             return
-        end = self.count - self._base
-        if end + n > self._buf.shape[0]:
-            start = end - self.keep
-            self._buf[: self.keep] = self._buf[start:end]
-            self._base += start
-            end = self.keep
+        end = self._room(n)
         self._buf[end : end + n] = 0.0
         self.count += n
 

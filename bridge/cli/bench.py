@@ -6,7 +6,7 @@ import json
 
 import click
 
-from bridge.cli.common import check_writable, friendly, setup_logging, write_json
+from bridge.cli.common import check_writable, config_option, friendly, setup_logging, write_json
 from bridge.config import load_config
 
 
@@ -26,7 +26,7 @@ from bridge.config import load_config
 @click.option("--cuda-graph/--no-cuda-graph", default=None, help="model.cuda_graph (default: config)")
 @click.option("--streams", type=click.IntRange(1, 1024), default=None, metavar="N",
               help="N performers, each its own channel of one N-channel file of distinct speech-like audio")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False))
+@config_option()
 @friendly
 def bench(model: str, seconds: float, json_path: str | None, input_file: str | None,
           providers: str | None, lookahead: int | None, window_s: float | None, cuda_graph: bool | None,

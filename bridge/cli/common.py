@@ -134,3 +134,11 @@ def check_writable(path: str, option: str) -> None:
         ) from None
     if not existed:
         p.unlink(missing_ok=True)
+
+
+CONFIG_HELP = "TOML config file (default: built-in defaults, see configs/default.toml)"
+
+
+def config_option(help: str = CONFIG_HELP) -> Any:
+    """``-c/--config FILE``, the same for every command that reads a config."""
+    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=help)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import numpy as np
 
-from bridge.cli.common import apply_overrides, check_writable, friendly, setup_logging
+from bridge.cli.common import apply_overrides, check_writable, config_option, friendly, setup_logging
 from bridge.config import load_config
 from bridge.errors import BridgeError
 from bridge.frame import FPS
@@ -81,13 +81,7 @@ def _with_window(cfg: Any, window: float | None) -> Any:
     metavar="OUT.csv|.json|.npy",
     help="Live Link Face CSV, JSON or npy (n x 61: 52 weights + 9 head/eye values)",
 )
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="TOML config: model, [post] chain, input.channel",
-)
+@config_option("TOML config: model, [post] chain, input.channel")
 @click.option("--model", metavar="PRESET|PATH", help="model preset (e.g. synthetic) or .onnx path")
 @click.option("--raw", is_flag=True, help="bypass all post-processing")
 @click.option(
@@ -213,13 +207,7 @@ class _Recorder:
 )
 @click.option("--device", metavar="NAME", help="record from this input device (name or index)")
 @click.option("--input", "input_file", metavar="FILE", help="use a recording of the room instead")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="TOML config (model, identity, input, schedule.lookahead_frames)",
-)
+@config_option("TOML config (model, identity, input, schedule.lookahead_frames)")
 @click.option("--model", metavar="PRESET|PATH", help="model preset or .onnx path")
 @click.option(
     "--offline",

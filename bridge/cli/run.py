@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from bridge import interrupt
-from bridge.cli.common import apply_overrides, check_writable, friendly, log, setup_logging, write_json
+from bridge.cli.common import (
+    apply_overrides,
+    check_writable,
+    config_option,
+    friendly,
+    log,
+    setup_logging,
+    write_json,
+)
 from bridge.config import load_config
 from bridge.errors import BridgeError
 
@@ -32,13 +40,7 @@ def _stopped_early(e: interrupt.Interrupted, phase: str, bridge: Any, stats_path
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="TOML config file (default: built-in defaults, see configs/default.toml)",
-)
+@config_option("TOML config file (default: built-in defaults, see configs/default.toml)")
 @click.option("--input", "input_file", metavar="FILE", help="read audio from FILE instead of a device")
 @click.option("--device", metavar="NAME", help="capture from this input device (name or index)")
 @click.option("--model", metavar="PRESET|PATH", help="model preset (e.g. synthetic) or .onnx path")
