@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +32,16 @@ from bridge.audio.liveness import LOOK_EVERY_S, InputWatch, Loss
 from bridge.blendshapes import resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig, PerformerConfig, _capture_key
 from bridge.errors import BridgeError
-from bridge.frame import FPS, SAMPLE_RATE, FaceFrame, frame_end_sample
-from bridge.model.ctc import BatchSpeechProbability
+from bridge.frame import FPS, SAMPLE_RATE, frame_end_sample
 from bridge.model.fallback import FallbackEvent, FallbackSwitch
 from bridge.model.hub import locate_model
 from bridge.model.presets import description_for, get_preset
 from bridge.model.runner import ModelRunner
 from bridge.outputs import build_output, performers_served
 from bridge.outputs.base import Output, describe_health
-from bridge.post import build_post_chain
-from bridge.post.base import FrameContext
+from bridge.post import PostChain, build_post_chain
 from bridge.post.finite import OutputGuard
+from bridge.publisher import FaceBlock, FrameHook, FramePublisher, PublishQueue
 from bridge.stats import RunStats
 from bridge.streams.batch import HopBatch
 from bridge.streams.capture import CaptureGroup
@@ -139,9 +137,6 @@ def load_model(cfg: ModelConfig, performers: int = 1) -> LoadedModel:
         return LoadedModel(runner, cfg.fallback, event)
 
 
-FrameHook = Callable[[FaceFrame], None]
-
-
 @dataclass(eq=False)
 class InputGroup:
     """A capture group as the hop loop runs it: how its source is paced and watched."""
@@ -152,6 +147,9 @@ class InputGroup:
     realtime: bool  #: paced like a live input (a device, or a file played at real time)
     live: bool  #: a device: can be lost and come back
     block16k: float  #: one capture block in 16 kHz samples (the granularity audio arrives at)
+    #: the stream sample count the members' earliest next frame needs; None: work it out
+    #: again (their schedulers moved).  Keeps a polling turn O(1) however many members.
+    needed: int | None = None
 
     @property
     def source(self) -> AudioSource:
@@ -191,7 +189,6 @@ class Bridge:
         (the reference the batched path is checked against)."""
         self.cfg = cfg
         self.live_hops = live_hops
-        self.on_frame = on_frame
         self.batched = batched
         cast = cfg.cast
         window_frames = round(cfg.model.window_s * FPS)
@@ -200,7 +197,7 @@ class Bridge:
                 f"{cfg.source}: schedule.lookahead_frames = {cfg.schedule.lookahead_frames} must be "
                 f"smaller than the window ({window_frames} frames for model.window_s = {cfg.model.window_s})"
             )
-        self.post = build_post_chain([p.post for p in cast], raw=raw)
+        post = build_post_chain([p.post for p in cast], raw=raw)
         # Cheap checks first (the inputs, the ports), so a typo costs no model load.
         self.outputs: list[Output] = []
         sources: list[AudioSource] = []
@@ -259,10 +256,10 @@ class Bridge:
         # NaN/Inf never reach post or outputs
         self.guard = OutputGuard(max_frames=window_frames, performers=len(cast), names=names)
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
-        self._speech_prob = BatchSpeechProbability()
-        self._latencies = np.zeros(len(cast) * window_frames)  #: a block's latencies (ms), reused
-        self._serving_key: tuple[Output, ...] | None = None
-        self._serving_table: list[tuple[Output, ...]] = []
+        self.publisher = FramePublisher(post, self.guard, self.outputs, self.stats, self.performers,
+                                        self.batch.speech, on_frame)  # fmt: skip
+        #: several performers: their sends overlap the next model call (see bridge/publisher.py)
+        self.publish = PublishQueue(threaded=len(cast) > 1 and not live_hops)
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -301,6 +298,15 @@ class Bridge:
         return stream
 
     @property
+    def post(self) -> PostChain:
+        """The post chain (the publisher's: it runs there); settable before :meth:`run`."""
+        return self.publisher.post
+
+    @post.setter
+    def post(self, chain: PostChain) -> None:
+        self.publisher.post = chain
+
+    @property
     def stream(self) -> InputStream:
         """The first performer's stream (the only one, for one performer)."""
         return self.performers[0].stream
@@ -336,14 +342,17 @@ class Bridge:
                 if wait:
                     time.sleep(wait)
         finally:
+            self.publish.close()  # the frames of the last hops go out before the inputs stop
             for g in self.groups:
                 g.source.stop()
             self._finish_stats()
+        self.publish.check()
         return stats
 
     def _finish_stats(self) -> None:
         """Fill in the totals; also when the run ends on an error, so --stats can still say."""
         stats = self.stats
+        stats.publish_s, stats.publish_cpu_s = self.publish.busy_s, self.publish.busy_cpu_s
         stats.frames_dropped = sum(p.scheduler.dropped for p in self.performers)
         stats.frames_expected = sum(p.stream.frames_total for p in self.performers)
         stats.nonfinite_frames = self.guard.finish()
@@ -366,6 +375,7 @@ class Bridge:
 
     def _step(self) -> float | None:
         """One turn of the hop loop: seconds to sleep next, or None when every input is done."""
+        self.publish.check()
         due: list[tuple[Performer, Hop]] = []
         waits = [w for g in self.groups if (w := self._plan_group(g, due)) is not None]
         if due:
@@ -383,7 +393,10 @@ class Bridge:
             return self._step_lost(g)
         source = g.source
         members = g.performers
-        missing = min(self._samples_missing(p) for p in members)
+        if g.needed is None:
+            g.needed = min(self._next_needed(p) for p in members)
+        # the members share one capture, so one sample clock: the first one's estimate is theirs
+        missing = g.needed - members[0].stream.expected_count()
         # A ring half full is drained whatever the next frame needs: a source that waits for
         # room (a fast file) must never wait on a frame whose audio the ring cannot hold.
         filling = source.ring.available() < source.ring.capacity // 2
@@ -405,6 +418,7 @@ class Bridge:
         if source.error:
             raise BridgeError(source.error)
         waiting = False
+        g.needed = None  # hops planned (and, after the turn, done) move the schedulers
         for p in members:
             stream, sched = p.stream, p.scheduler
             # Frames whose audio was lost, or that fell out of the history, are skipped and counted.
@@ -440,8 +454,7 @@ class Bridge:
                 "and resume when the input returns"
             )
         loss = g.watch.lose(now, reason)
-        for p in g.performers:
-            p.rest.start()
+        self.publish.submit(self.publisher.start_rest, g.performers)
         looking = f"looking for it every {LOOK_EVERY_S:g} s" if lose is not None else "waiting for it"
         log.warning(
             "input %r lost (%s): easing the face to rest, frames go on from %d; %s%s",
@@ -480,16 +493,10 @@ class Bridge:
     def _publish_rest(self, g: InputGroup, now: float, loss: Loss) -> None:
         """Each of ``g``'s performers: its next frame number, easing from its last pose to rest."""
         prob = 0.0 if self.runner.last_asr_logits is not None else None
-        for p in g.performers:
-            number = p.scheduler.take_rest_frame()
-            values, head = p.rest.at(loss.frames / FPS)
-            frame = FaceFrame(number, values, now, head, p.subject, prob, "", p.index)
-            for output in self.outputs:
-                output.publish(frame)
-            p.published += 1
-            g.watch.rest_frames += 1
-            if self.on_frame is not None:
-                self.on_frame(frame)
+        numbers = [p.scheduler.take_rest_frame() for p in g.performers]
+        g.needed = None
+        self.publish.submit(self.publisher.rest, g.performers, numbers, loss.frames / FPS, now, prob)
+        g.watch.rest_frames += len(numbers)
         loss.frames += 1
 
     def _input_back(self, g: InputGroup, now: float) -> None:
@@ -498,10 +505,11 @@ class Bridge:
         firsts = g.capture.restart([p.scheduler.next_frame for p in g.performers], resume)
         for p in g.performers:
             p.scheduler.drop_until(p.stream.first_usable_frame())
+        g.needed = None
         loss = g.watch.resumed(now)
         every = len(g.performers) == len(self.performers)
         rows = None if every else np.array([p.index for p in g.performers], dtype=np.intp)
-        self.post.restart(rows)
+        self.publish.submit(self.publisher.restart, rows)
         self._gap_before_hop = True
         log.warning(
             "input %r is back after %.1f s: capture resumed at frame %d (%d frame(s) sent at rest)%s",
@@ -512,10 +520,6 @@ class Bridge:
         """Stream sample count at which ``p``'s next frame can be published."""
         sched = p.scheduler
         return frame_end_sample(sched.next_frame + sched.lookahead)
-
-    def _samples_missing(self, p: Performer) -> float:
-        """16 kHz samples still to arrive before ``p``'s next frame can be published."""
-        return self._next_needed(p) - p.stream.expected_count()
 
     def _oldest_in_time(self, p: Performer) -> int | None:
         """Oldest ready frame of ``p`` that can still be sent within ``max_latency_ms``."""
@@ -541,8 +545,10 @@ class Bridge:
 
     # ---- the batched hop ----------------------------------------------------------------
     def _run_batch(self, due: list[tuple[Performer, Hop]]) -> None:
-        """The due performers' hops: one model call (per ``max_batch`` rows), post per stride, outputs."""
+        """The due performers' hops: one model call (per ``max_batch`` rows), then their
+        blocks handed to the publisher (post per stride, outputs)."""
         hop_start = time.monotonic()
+        self._observe_turns()
         loaded = self.fallback.take()
         if loaded is not None:
             self._switch_model(loaded, due[0][1].first)
@@ -551,17 +557,26 @@ class Bridge:
             self.stats.extra["fallback_error"] = self.fallback.error
             self.fallback.error = None
         step = self.runner.max_batch if self.batched else 1
-        worst_ms, dt_total, now = 0.0, 0.0, hop_start
+        dt_total = 0.0
         for lo in range(0, len(due), step):
             part = due[lo : lo + step]
             dt, logits, out = self._infer(part)
             dt_total += dt
-            worst, now = self._post_and_publish(part, out, logits)
-            worst_ms = max(worst_ms, worst)
-        if self.fallback.armed:
-            missed = any(hop.dropped > 0 for _p, hop in due) or worst_ms > self.max_latency_s * 1000.0
-            self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, dt_total))
-        self._last_hop_end = now
+            self._cut_blocks(part, out, logits)
+        dropped = any(hop.dropped > 0 for _p, hop in due)
+        self.publish.submit(self.publisher.turn_done, hop_start, dt_total, dropped)
+        if not self.publish.threaded:
+            self._observe_turns()
+
+    def _observe_turns(self) -> None:
+        """Tell the fallback switch how the turns the publisher has finished went."""
+        turns = self.publisher.turns
+        while turns:
+            t = turns.popleft()
+            if self.fallback.armed:
+                missed = t.dropped or t.worst_ms > self.max_latency_s * 1000.0
+                self.fallback.observe(t.end, missed, held_up=self._held_up(t.hop_start, t.end, t.inference_s))
+            self._last_hop_end = t.end
 
     def _infer(self, part: list[tuple[Performer, Hop]]) -> tuple[float, np.ndarray | None, np.ndarray]:
         """One model call for ``part``'s windows: seconds, CTC logits ``[B, T, V]`` (or None),
@@ -582,100 +597,31 @@ class Bridge:
         self._est_inference_s = dt if stats.inferences == 1 else 0.9 * self._est_inference_s + 0.1 * dt
         return dt, self.runner.last_asr_logits, out
 
-    def _post_and_publish(self, part: list[tuple[Performer, Hop]], out: np.ndarray,
-                          logits: np.ndarray | None) -> tuple[float, float]:  # fmt: skip
-        """Post-process ``part``'s frames (one call per stride) and send them; return the worst
-        latency (ms) and the time of the last send."""
+    def _cut_blocks(self, part: list[tuple[Performer, Hop]], out: np.ndarray,
+                    logits: np.ndarray | None) -> None:  # fmt: skip
+        """``part``'s published frames as one block per stride, each handed to the publisher.
+
+        Blocks handed to a publishing thread own their arrays: the runner reuses its output
+        buffers and the history slides on, while the block is post-processed and sent."""
         frames = out.shape[1]
+        fresh = self.publish.threaded
         strides: dict[int, list[int]] = {}
         for b, (_p, hop) in enumerate(part):
             strides.setdefault(hop.stride, []).append(b)
-        worst_ms, now = 0.0, time.monotonic()
         for stride, rows in strides.items():
-            first, hop0 = part[rows[0]]
+            _first, hop0 = part[rows[0]]
             lo = frames - 1 - (hop0.window_last_frame - hop0.first)
-            values, ctx = self.batch.block(out, rows, part, lo, stride)
-            texts = self._speech(part, rows, logits, frames, lo, stride, ctx)
-            self.guard.check(values, ctx.speech_prob, ctx.first_frame, ctx.rows)
-            self.post.process(values, ctx)
-            w, now = self._publish(part, rows, values, ctx, texts)
-            worst_ms = max(worst_ms, w)
-        return worst_ms, now
-
-    def _speech(self, part: list[tuple[Performer, Hop]], rows: list[int], logits: np.ndarray | None,
-                frames: int, lo: int, stride: int, ctx: FrameContext) -> list[str] | None:  # fmt: skip
-        """Each row's speech probability (into ``ctx``) and new text, from its own CTC logits."""
-        if logits is None:
-            return None
-        first, count = rows[0], len(rows)
-        # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
-        sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
-        speech = self._speech_prob(sel, frames, lo, stride, self.batch.speech(count, stride))
-        best = sel.argmax(axis=2)  # the greedy path of every row at once
-        window = self.runner.window_samples
-        texts = []
-        for i, b in enumerate(rows):
-            p, hop = part[b]
-            texts.append(p.speech.new_text_from(best[i], hop.window_end, window, frame_end_sample(hop.last)))
-        ctx.speech_prob = speech
-        return texts
-
-    def _publish(self, part: list[tuple[Performer, Hop]], rows: list[int], values: np.ndarray,
-                 ctx: FrameContext, texts: list[str] | None) -> tuple[float, float]:  # fmt: skip
-        """Send every row's frames, in frame order per performer; return (worst latency ms, now).
-
-        Per row, only the outputs that serve its performer are asked; latencies of all but
-        the first performer (whose frames also time the send interval) are recorded per block."""
-        stats, on_frame = self.stats, self.on_frame
-        serving = self._serving()
-        stride = values.shape[1]
-        last = stride - 1
-        speech, head = ctx.speech_prob, ctx.head
-        assert head is not None
-        probs = speech.tolist() if speech is not None else None
-        latencies = self._latencies
-        if latencies.shape[0] < len(rows) * stride:
-            latencies = self._latencies = np.zeros(len(rows) * stride)
-        j = 0
-        worst_ms, now = 0.0, time.monotonic()
-        for i, b in enumerate(rows):
-            p, hop = part[b]
-            capture_time, index, subject = p.stream.capture_time, p.index, p.subject
-            outputs = serving[index] if index < len(serving) else ()
-            text = texts[i] if texts is not None else ""
-            row_values, row_head = values[i], head[i]
-            row_probs = probs[i] if probs is not None else None
-            for f in range(stride):
-                number = hop.first + f
-                capture = capture_time(frame_end_sample(number) - 1)
-                frame = FaceFrame(number, row_values[f], capture, row_head[f], subject,
-                                  row_probs[f] if row_probs is not None else None,
-                                  text if f == last else "", index)  # fmt: skip
-                for output in outputs:
-                    output.publish(frame)
-                now = time.monotonic()
-                latency_ms = (now - capture) * 1000.0
-                if index == 0:
-                    stats.record_send(now, latency_ms)
-                else:
-                    latencies[j] = latency_ms
-                    j += 1
-                if latency_ms > worst_ms:
-                    worst_ms = latency_ms
-                if on_frame is not None:
-                    on_frame(frame)
-            p.published += stride
-            p.rest.remember(row_values[last], row_head[last])
-        stats.record_latencies(latencies[:j])
-        return worst_ms, now
-
-    def _serving(self) -> list[tuple[Output, ...]]:
-        """Per performer index, the outputs that serve it (remade if the outputs change)."""
-        key = tuple(self.outputs)
-        if key != self._serving_key:
-            self._serving_key = key
-            self._serving_table = [tuple(o for o in key if o.serves(i)) for i in range(len(self.performers))]
-        return self._serving_table
+            values, ctx = self.batch.block(out, rows, part, lo, stride, fresh=fresh)
+            sel = None
+            if logits is not None:
+                first, count = rows[0], len(rows)
+                # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
+                sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
+                if fresh and sel.base is not None:
+                    sel = sel.copy()
+            hops = [part[b] for b in rows]
+            block = FaceBlock(hops, values, ctx, sel, frames, lo, self.runner.window_samples)
+            self.publish.submit(self.publisher.block, block)
 
     def _held_up(self, hop_start: float, hop_end: float, inference_s: float) -> bool:
         """Whether this hop was held up by something other than the model (an input gap,
@@ -743,5 +689,8 @@ class Bridge:
         return doc
 
     def close(self) -> None:
+        publish = getattr(self, "publish", None)  # None when __init__ failed before it
+        if publish is not None:
+            publish.close()
         for o in self.outputs:
             o.close()
