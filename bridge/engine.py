@@ -41,7 +41,7 @@ from bridge.outputs import build_output, performers_served
 from bridge.outputs.base import Output, describe_health
 from bridge.post import PostChain, build_post_chain
 from bridge.post.finite import OutputGuard
-from bridge.publisher import FaceBlock, FrameHook, FramePublisher, PublishQueue
+from bridge.publisher import FaceBlock, FrameHook, FramePublisher
 from bridge.stats import RunStats
 from bridge.streams.batch import HopBatch
 from bridge.streams.capture import CaptureGroup
@@ -258,8 +258,6 @@ class Bridge:
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
         self.publisher = FramePublisher(post, self.guard, self.outputs, self.stats, self.performers,
                                         self.batch.speech, on_frame)  # fmt: skip
-        #: several performers: their sends overlap the next model call (see bridge/publisher.py)
-        self.publish = PublishQueue(threaded=len(cast) > 1 and not live_hops)
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -342,17 +340,14 @@ class Bridge:
                 if wait:
                     time.sleep(wait)
         finally:
-            self.publish.close()  # the frames of the last hops go out before the inputs stop
             for g in self.groups:
                 g.source.stop()
             self._finish_stats()
-        self.publish.check()
         return stats
 
     def _finish_stats(self) -> None:
         """Fill in the totals; also when the run ends on an error, so --stats can still say."""
         stats = self.stats
-        stats.publish_s, stats.publish_cpu_s = self.publish.busy_s, self.publish.busy_cpu_s
         stats.frames_dropped = sum(p.scheduler.dropped for p in self.performers)
         stats.frames_expected = sum(p.stream.frames_total for p in self.performers)
         stats.nonfinite_frames = self.guard.finish()
@@ -375,7 +370,6 @@ class Bridge:
 
     def _step(self) -> float | None:
         """One turn of the hop loop: seconds to sleep next, or None when every input is done."""
-        self.publish.check()
         due: list[tuple[Performer, Hop]] = []
         waits = [w for g in self.groups if (w := self._plan_group(g, due)) is not None]
         if due:
@@ -454,7 +448,7 @@ class Bridge:
                 "and resume when the input returns"
             )
         loss = g.watch.lose(now, reason)
-        self.publish.submit(self.publisher.start_rest, g.performers)
+        self.publisher.start_rest(g.performers)
         looking = f"looking for it every {LOOK_EVERY_S:g} s" if lose is not None else "waiting for it"
         log.warning(
             "input %r lost (%s): easing the face to rest, frames go on from %d; %s%s",
@@ -495,7 +489,7 @@ class Bridge:
         prob = 0.0 if self.runner.last_asr_logits is not None else None
         numbers = [p.scheduler.take_rest_frame() for p in g.performers]
         g.needed = None
-        self.publish.submit(self.publisher.rest, g.performers, numbers, loss.frames / FPS, now, prob)
+        self.publisher.rest(g.performers, numbers, loss.frames / FPS, now, prob)
         g.watch.rest_frames += len(numbers)
         loss.frames += 1
 
@@ -509,7 +503,7 @@ class Bridge:
         loss = g.watch.resumed(now)
         every = len(g.performers) == len(self.performers)
         rows = None if every else np.array([p.index for p in g.performers], dtype=np.intp)
-        self.publish.submit(self.publisher.restart, rows)
+        self.publisher.restart(rows)
         self._gap_before_hop = True
         log.warning(
             "input %r is back after %.1f s: capture resumed at frame %d (%d frame(s) sent at rest)%s",
@@ -548,7 +542,6 @@ class Bridge:
         """The due performers' hops: one model call (per ``max_batch`` rows), then their
         blocks handed to the publisher (post per stride, outputs)."""
         hop_start = time.monotonic()
-        self._observe_turns()
         loaded = self.fallback.take()
         if loaded is not None:
             self._switch_model(loaded, due[0][1].first)
@@ -557,26 +550,17 @@ class Bridge:
             self.stats.extra["fallback_error"] = self.fallback.error
             self.fallback.error = None
         step = self.runner.max_batch if self.batched else 1
-        dt_total = 0.0
+        worst_ms, dt_total, now = 0.0, 0.0, hop_start
         for lo in range(0, len(due), step):
             part = due[lo : lo + step]
             dt, logits, out = self._infer(part)
             dt_total += dt
-            self._cut_blocks(part, out, logits)
-        dropped = any(hop.dropped > 0 for _p, hop in due)
-        self.publish.submit(self.publisher.turn_done, hop_start, dt_total, dropped)
-        if not self.publish.threaded:
-            self._observe_turns()
-
-    def _observe_turns(self) -> None:
-        """Tell the fallback switch how the turns the publisher has finished went."""
-        turns = self.publisher.turns
-        while turns:
-            t = turns.popleft()
-            if self.fallback.armed:
-                missed = t.dropped or t.worst_ms > self.max_latency_s * 1000.0
-                self.fallback.observe(t.end, missed, held_up=self._held_up(t.hop_start, t.end, t.inference_s))
-            self._last_hop_end = t.end
+            worst, now = self._post_and_publish(part, out, logits)
+            worst_ms = max(worst_ms, worst)
+        if self.fallback.armed:
+            missed = any(hop.dropped > 0 for _p, hop in due) or worst_ms > self.max_latency_s * 1000.0
+            self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, dt_total))
+        self._last_hop_end = now
 
     def _infer(self, part: list[tuple[Performer, Hop]]) -> tuple[float, np.ndarray | None, np.ndarray]:
         """One model call for ``part``'s windows: seconds, CTC logits ``[B, T, V]`` (or None),
@@ -597,31 +581,29 @@ class Bridge:
         self._est_inference_s = dt if stats.inferences == 1 else 0.9 * self._est_inference_s + 0.1 * dt
         return dt, self.runner.last_asr_logits, out
 
-    def _cut_blocks(self, part: list[tuple[Performer, Hop]], out: np.ndarray,
-                    logits: np.ndarray | None) -> None:  # fmt: skip
-        """``part``'s published frames as one block per stride, each handed to the publisher.
-
-        Blocks handed to a publishing thread own their arrays: the runner reuses its output
-        buffers and the history slides on, while the block is post-processed and sent."""
+    def _post_and_publish(self, part: list[tuple[Performer, Hop]], out: np.ndarray,
+                          logits: np.ndarray | None) -> tuple[float, float]:  # fmt: skip
+        """``part``'s published frames as one block per stride, each post-processed and sent
+        by the publisher; return the worst latency (ms) and the time of the last send."""
         frames = out.shape[1]
-        fresh = self.publish.threaded
         strides: dict[int, list[int]] = {}
         for b, (_p, hop) in enumerate(part):
             strides.setdefault(hop.stride, []).append(b)
+        worst_ms, now = 0.0, time.monotonic()
         for stride, rows in strides.items():
             _first, hop0 = part[rows[0]]
             lo = frames - 1 - (hop0.window_last_frame - hop0.first)
-            values, ctx = self.batch.block(out, rows, part, lo, stride, fresh=fresh)
+            values, ctx = self.batch.block(out, rows, part, lo, stride)
             sel = None
             if logits is not None:
                 first, count = rows[0], len(rows)
                 # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
                 sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
-                if fresh and sel.base is not None:
-                    sel = sel.copy()
             hops = [part[b] for b in rows]
             block = FaceBlock(hops, values, ctx, sel, frames, lo, self.runner.window_samples)
-            self.publish.submit(self.publisher.block, block)
+            w, now = self.publisher.block(block)
+            worst_ms = max(worst_ms, w)
+        return worst_ms, now
 
     def _held_up(self, hop_start: float, hop_end: float, inference_s: float) -> bool:
         """Whether this hop was held up by something other than the model (an input gap,
@@ -689,8 +671,5 @@ class Bridge:
         return doc
 
     def close(self) -> None:
-        publish = getattr(self, "publish", None)  # None when __init__ failed before it
-        if publish is not None:
-            publish.close()
         for o in self.outputs:
             o.close()

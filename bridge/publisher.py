@@ -1,26 +1,19 @@
-"""Post-processing -> frames -> outputs: the stage after the model, on its own thread or inline.
+"""Post-processing -> frames -> outputs: the stage after the model.
 
 The hop loop cuts each model call's output into blocks (:class:`FaceBlock`: the rows of
-one stride, their context and CTC logits, copied out of the runner's reused buffers) and
-hands them to a :class:`FramePublisher` through a :class:`PublishQueue`.  With several
-performers the queue has a thread of its own, so the sends of one hop overlap the next
-model call (a GPU call releases the interpreter lock): the hop loop's cost per hop is
-then the larger of the model and the publishing, not their sum.  With one performer it
-runs inline, as before, with nothing to overlap.
+one stride, their context and CTC logits) and hands them to the :class:`FramePublisher`,
+which runs the speech track, the finite guard and the post chain on the whole block and
+sends every row's frames to the outputs that serve its performer.
 
-Everything a block's frames touch after the model lives here and only here: the post
-chain's state, the finite guard, each performer's speech track, rest pose and published
-count, the outputs.  So whatever the hop loop asks of them (rest frames while an input is
-lost, a post restart when it is back) goes through the same queue, in order.
+Everything a block's frames touch after the model lives here: the post chain's state, the
+finite guard, each performer's speech track, rest pose and published count, the outputs.
+(It runs in the hop loop's thread: a publishing thread of its own was tried and measured,
+see docs/benchmarks.md, and gained nothing while the interpreter lock is the limit.)
 """
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +29,6 @@ from bridge.stats import RunStats
 from bridge.streams.performer import Performer
 from bridge.streams.scheduler import Hop
 
-log = logging.getLogger(__name__)
-
 FrameHook = Callable[[FaceFrame], None]
 
 
@@ -52,17 +43,6 @@ class FaceBlock:
     frames: int  #: frames per model window
     lo: int  #: window frame of the rows' first published frame
     window: int  #: samples per model window
-
-
-@dataclass(frozen=True, slots=True)
-class TurnDone:
-    """What the fallback switch needs of a turn once its last frame is sent."""
-
-    hop_start: float
-    inference_s: float
-    dropped: bool  #: some due hop skipped frames
-    worst_ms: float  #: worst latency of the turn's frames
-    end: float  #: time of its last send
 
 
 class FramePublisher:
@@ -85,27 +65,15 @@ class FramePublisher:
         self._latencies = np.zeros(64)  #: a block's latencies (ms), reused
         self._serving_key: tuple[Output, ...] | None = None
         self._serving_table: list[tuple[Output, ...]] = []
-        self._turn_worst_ms = 0.0
-        self._turn_end = 0.0
-        #: finished turns, for the hop loop's fallback switch (appended here, taken there)
-        self.turns: deque[TurnDone] = deque()
 
     # ---- a block of frames ----------------------------------------------------------
-    def block(self, b: FaceBlock) -> None:
-        """Post-process and send one block; remember its worst latency for the turn."""
+    def block(self, b: FaceBlock) -> tuple[float, float]:
+        """Post-process and send one block; return its worst latency (ms) and its last send's time."""
         texts = self._speech(b)
         ctx = b.ctx
         self.guard.check(b.values, ctx.speech_prob, ctx.first_frame, ctx.rows)
         self.post.process(b.values, ctx)
-        worst, now = self._publish(b.hops, b.values, ctx, texts)
-        self._turn_worst_ms = max(self._turn_worst_ms, worst)
-        self._turn_end = now
-
-    def turn_done(self, hop_start: float, inference_s: float, dropped: bool) -> None:
-        """The turn's blocks are all sent: record it for the fallback switch."""
-        end = self._turn_end or time.monotonic()
-        self.turns.append(TurnDone(hop_start, inference_s, dropped, self._turn_worst_ms, end))
-        self._turn_worst_ms, self._turn_end = 0.0, 0.0
+        return self._publish(b.hops, b.values, ctx, texts)
 
     def _speech(self, b: FaceBlock) -> list[str] | None:
         """Each row's speech probability (into ``ctx``) and new text, from its own CTC logits."""
@@ -199,81 +167,3 @@ class FramePublisher:
     def restart(self, rows: np.ndarray | None) -> None:
         """Their input is back after a gap: the post chain forgets what came before."""
         self.post.restart(rows)
-
-
-class PublishQueue:
-    """Runs the publisher's calls in order: inline, or on one worker thread.
-
-    ``threaded``: :meth:`submit` queues the call (waiting while ``depth`` calls are
-    queued: the hop loop never runs ahead of the sends by more than that) and returns;
-    an error raised by a call stops the worker and is raised again by the next
-    :meth:`submit` or :meth:`check`.  Inline, :meth:`submit` is the call itself.
-    """
-
-    def __init__(self, threaded: bool, depth: int = 8, name: str = "a2e-publish") -> None:
-        self.threaded = threaded
-        self.error: BaseException | None = None
-        self.busy_s = 0.0  #: the worker's time in calls (wall, and its own CPU)
-        self.busy_cpu_s = 0.0
-        self._queue: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue(depth)
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-            self._thread.start()
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._thread is None:
-            fn(*args)
-            return
-        while True:
-            self.check()
-            try:
-                self._queue.put((fn, args), timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def check(self) -> None:
-        """Raise the worker's error here, in the hop loop's thread."""
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued call has run (or failed); False if ``timeout`` passed first."""
-        if self._thread is None:
-            return True
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and self._thread.is_alive():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.001)
-        return True
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Run what is queued, then end the worker."""
-        if self._thread is None or not self._thread.is_alive():
-            return
-        self.flush(timeout)
-        try:
-            self._queue.put(None, timeout=1.0)
-        except queue.Full:  # a worker stuck in a call: it is a daemon, let it be
-            return
-        self._thread.join(timeout)
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                if self.error is None:  # after an error, drain without running
-                    fn, args = item
-                    t0, c0 = time.perf_counter(), time.thread_time()
-                    fn(*args)
-                    self.busy_s += time.perf_counter() - t0
-                    self.busy_cpu_s += time.thread_time() - c0
-            except BaseException as e:  # noqa: BLE001 -- handed to the hop loop's thread
-                self.error = e
-            finally:
-                self._queue.task_done()

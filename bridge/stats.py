@@ -81,9 +81,6 @@ class RunStats:
     inference_s: float = 0.0
     busy_cpu_s: float = 0.0  #: the same, in the hop thread's CPU time
     inference_cpu_s: float = 0.0
-    #: the publishing thread's work (post, frames, sends), when it has one (several performers)
-    publish_s: float = 0.0
-    publish_cpu_s: float = 0.0
     provider: str = ""
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -128,14 +125,13 @@ class RunStats:
             "model": self.model,
             "cpu_percent": round(100.0 * cpu / wall, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-            # CPU time of the hop thread outside inference, plus the publishing thread's:
-            # immune to waiting for a core.
+            # CPU time of the hop thread outside inference: immune to waiting for a core.
             "overhead_ms_per_frame": round(
-                1000.0 * (max(self.busy_cpu_s - self.inference_cpu_s, 0.0) + self.publish_cpu_s) / frames, 4
+                1000.0 * max(self.busy_cpu_s - self.inference_cpu_s, 0.0) / frames, 4
             ),
             # The same work in wall time, which includes waiting for a core on a busy machine.
             "overhead_wall_ms_per_frame": round(
-                1000.0 * (max(self.busy_s - self.inference_s, 0.0) + self.publish_s) / frames, 4
+                1000.0 * max(self.busy_s - self.inference_s, 0.0) / frames, 4
             ),
             "wall_s": round(wall, 3),
             **self.extra,

@@ -45,19 +45,13 @@ class HopBatch:
         return self.windows[: len(due)]
 
     def block(self, out: np.ndarray, rows: list[int], due: list[tuple[Performer, Hop]],
-              lo: int, stride: int, fresh: bool = False) -> tuple[np.ndarray, FrameContext]:  # fmt: skip
+              lo: int, stride: int) -> tuple[np.ndarray, FrameContext]:  # fmt: skip
         """Batch rows ``rows`` of the model output (all with this ``stride``, their frames
-        starting at window frame ``lo``) as a post block ``[P, F, 52]`` and its context.
-
-        ``fresh``: in arrays of their own rather than the reused buffers, for a block that
-        is post-processed on another thread while the next one is cut."""
+        starting at window frame ``lo``) as a post block ``[P, F, 52]`` and its context."""
         p_count, f = len(rows), stride
-        view = _fresh if fresh else _view
-        values = view(self._values, (p_count, f, NUM_BLENDSHAPES))
-        rms, head = view(self._rms, (p_count, f)), view(self._head, (p_count, f, len(HEAD_EYE_NAMES)))
+        values = _view(self._values, (p_count, f, NUM_BLENDSHAPES))
+        rms, head = _view(self._rms, (p_count, f)), _view(self._head, (p_count, f, len(HEAD_EYE_NAMES)))
         first, perf = self.first[:p_count], self.rows[:p_count]
-        if fresh:
-            first, perf = first.copy(), perf.copy()
         head[...] = 0.0
         width = 0
         r0 = rows[0]
@@ -72,7 +66,7 @@ class HopBatch:
             perf[i] = performer.index
             start = frame_end_sample(hop.first - 1) if hop.first else 0
             width = max(width, frame_end_sample(hop.last) - start)
-        audio = view(self._audio, (p_count, width))
+        audio = _view(self._audio, (p_count, width))
         # Each frame's own samples, as flat offsets into ``audio`` (rows right-aligned, their
         # left padding zero): one reduceat gives every frame's sum of squares.
         starts: list[int] = []
@@ -112,7 +106,3 @@ def _view(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The first ``prod(shape)`` elements of ``flat`` as a C-contiguous array of ``shape``."""
     return flat[: int(np.prod(shape))].reshape(shape)
 
-
-def _fresh(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A new array of ``shape`` (``flat``'s dtype), for a block that outlives the next one."""
-    return np.empty(shape, dtype=flat.dtype)
