@@ -57,7 +57,8 @@ def models() -> None:
 
 @models.command("synth")
 @click.option("--kind", type=click.Choice(["lam", "wav2arkit"]), default="lam", show_default=True)
-@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "full", "demo"]), default="tiny", show_default=True,
+              help="tiny/full: random weights; demo: the face follows the voice (--model synthetic)")
 @click.option("--oracle", is_flag=True, help="build the oracle test model instead")
 @click.option(
     "-o",

@@ -53,6 +53,17 @@ ORACLE_IDENTITY_STEP: float = 1 / 1024
 
 Family = Literal["lam", "wav2arkit"]
 Size = Literal["tiny", "full"]
+#: What ``synthesize`` builds: the random-weight sizes, or the demo (``bridge.modeltools.demo``).
+Kind = Literal["tiny", "full", "demo"]
+#: Bumped whenever the demo graph changes, so a cached build of an older one is rebuilt.
+DEMO_VERSION = 1
+
+
+def model_kind(size: str, oracle: bool = False) -> str:
+    """The ``kind`` metadata a built synthetic model records (the cache checks it)."""
+    if oracle:
+        return "oracle"
+    return f"demo-{DEMO_VERSION}" if size == "demo" else size
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,10 +547,18 @@ def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = T
 
 def synthesize(family: str, size: str, path: str | Path, *, oracle: bool = False,
                seed: int = 0) -> Path:  # fmt: skip
-    """Build a synthetic model (or the 1 s oracle of ``family``) and save it with external data."""
+    """Build a synthetic model (or the 1 s oracle of ``family``) and save it with external data.
+
+    ``size`` is ``tiny`` or ``full`` (random weights) or ``demo`` (the hand-built model
+    whose face follows the voice, :mod:`bridge.modeltools.demo`; ``seed`` is ignored).
+    """
     if family not in ("lam", "wav2arkit"):
         raise ValueError(f"family {family!r} is not known; allowed: lam, wav2arkit")
-    if oracle:
+    if size == "demo" and not oracle:
+        from bridge.modeltools.demo import build_demo
+
+        model = build_demo(family)
+    elif oracle:
         model = build_oracle(family, window_samples=SAMPLE_RATE)  # type: ignore[arg-type]
     elif family == "lam":
         model = build_lam(size, seed)  # type: ignore[arg-type]

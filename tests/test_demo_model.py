@@ -1,0 +1,180 @@
+"""The demo model (``--model synthetic``): the face follows the voice.
+
+Real ONNX Runtime sessions on the graph ``bridge.modeltools.demo`` builds, fed
+``bridge.signals``' demo speech and vowel-like tones, through the same loader,
+runner and renderers as the real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import soundfile
+
+from bridge.blendshapes import ALPHABETICAL_NAMES, ARKIT_NAMES, canonical_index
+from bridge.config import BridgeConfig, parse_config
+from bridge.model.ctc import SpeechProbability
+from bridge.model.hub import locate_model
+from bridge.model.presets import get_preset, home_dir
+from bridge.modeltools.demo import build_demo
+from bridge.modeltools.synth import CONFIGS, DEMO_VERSION, model_kind, build_lam, lam_frames, save_model, wav2arkit_frames
+from bridge.offline import Audio, frames_for, render, render_streaming
+from bridge.signals import speech_like
+
+JAW = canonical_index("jawOpen")
+MOUTH = [canonical_index(n) for n in ("jawOpen", "mouthLowerDownLeft", "mouthLowerDownRight",
+                                      "mouthFunnel", "mouthPucker", "mouthStretchLeft", "mouthSmileLeft")]  # fmt: skip
+ROUND = [canonical_index(n) for n in ("mouthFunnel", "mouthPucker")]
+SPREAD = [canonical_index(n) for n in ("mouthStretchLeft", "mouthStretchRight", "mouthSmileLeft", "mouthSmileRight")]
+RATE = 16_000
+
+
+def config(post: dict | None = None) -> BridgeConfig:
+    data: dict = {"model": {"preset": "synthetic", "providers": ["cpu"], "threads": 1, "fallback": ""}}
+    if post is not None:
+        data["post"] = post
+    return parse_config(data, "test.toml")
+
+
+def session(family: str = "lam") -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(build_demo(family).SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def envelope(x: np.ndarray, frames: int) -> np.ndarray:
+    """The syllable envelope: RMS of the 100 Hz - 4 kHz band per 30 fps frame, 3-frame mean."""
+    spec = np.fft.rfft(x)
+    f = np.fft.rfftfreq(x.size, 1 / RATE)
+    band = np.fft.irfft(np.where((f >= 100) & (f < 4000), spec, 0), x.size)
+    idx = np.minimum(np.arange(x.size) * 30 // RATE, frames - 1)
+    rms = np.sqrt(np.bincount(idx, band**2, frames) / np.maximum(np.bincount(idx, None, frames), 1))
+    return np.convolve(np.pad(rms, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+
+
+def vowel(f1: float, f2: float, seconds: float = 1.0, f0: float = 120.0) -> np.ndarray:
+    """A sustained vowel-like tone: f0's harmonics shaped by two formant resonances."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = np.zeros_like(t)
+    for h in range(1, int(7000 / f0)):
+        fh = h * f0
+        gain = sum(1 / (1 + ((fh - fc) / (0.12 * fc)) ** 2) for fc in (f1, f2)) / h**0.5
+        x += gain * np.sin(2 * np.pi * fh * t)
+    return (0.15 * x / np.sqrt(np.mean(x**2))).astype(np.float32)
+
+
+def test_interface_is_lams_for_every_batch_and_window() -> None:
+    lam = session("lam")
+    assert [i.name for i in lam.get_inputs()] == ["audio", "identity"]
+    assert [o.name for o in lam.get_outputs()] == ["asr_logits", "blendshapes"]
+    for batch, samples in ((1, 16000), (3, 8000), (2, 16001), (1, 1600), (4, 48000)):
+        ident = np.zeros((batch, 12), np.float32)
+        ident[:, 0] = 1
+        asr, bs = lam.run(None, {"audio": np.zeros((batch, samples), np.float32), "identity": ident})
+        assert bs.shape == (batch, lam_frames(samples), 52)
+        assert asr.shape == (batch, CONFIGS["full"].conv_frames(samples), 32)  # wav2vec2's 50 fps steps
+    w2a = session("wav2arkit")
+    assert [i.name for i in w2a.get_inputs()] == ["audio_waveform"]
+    (bs,) = w2a.run(None, {"audio_waveform": np.zeros((2, 16001), np.float32)})
+    assert bs.shape == (2, wav2arkit_frames(16001), 52)
+
+
+def test_jaw_follows_the_syllables_and_closes_in_pauses() -> None:
+    x = speech_like(15.0, RATE)  # talk 0-5 s, pause 5-7.5 s, talk 7.5-12.5 s, pause 12.5-15 s
+    n = frames_for(x.size, RATE)
+    r = render(config(), Audio(x, n, RATE, 1, x.size / RATE, "speech_like"), raw=True)
+    jaw = r.raw[:, JAW]
+    env = envelope(x, n)
+    assert np.corrcoef(jaw, env)[0, 1] > 0.8
+    t = (np.arange(n) + 0.5) / 30
+    pause = ((t % 7.5) > 5.2) & ((t % 7.5) < 7.3)
+    assert pause.sum() > 100
+    assert jaw[pause].max() < 0.05 and r.raw[pause][:, MOUTH].max() < 0.05
+    talk = ~pause & ((t % 7.5) > 0.2) & ((t % 7.5) < 4.8)
+    assert np.percentile(jaw[talk], 90) > 0.35  # the mouth opens on syllables
+    assert (jaw[talk] < 0.1).mean() > 0.2  # ... and closes between them
+    # The other channels stay small; the eyes are the post chain's (blinks), never the model's.
+    others = [j for j in range(52) if ARKIT_NAMES[j].startswith(("eye", "tongue", "jawLeft", "jawRight"))]
+    assert np.abs(r.raw[:, others]).max() == 0.0
+    assert r.raw.min() >= 0.0 and r.raw.max() <= 1.0
+
+
+def test_realtime_path_follows_the_syllables_too(tmp_path: Path) -> None:
+    """The window's newest frames (lookahead 0, what ``run`` publishes) track the voice as well."""
+    x = speech_like(6.0, RATE)
+    wav = tmp_path / "speech.wav"
+    soundfile.write(str(wav), x, RATE, subtype="FLOAT")
+    streamed = render_streaming(config(), wav, lookahead=0, raw=True)
+    n = streamed.shape[0]
+    assert n == frames_for(x.size, RATE) and np.isfinite(streamed).all()
+    assert np.corrcoef(streamed[:, JAW], envelope(x, n))[0, 1] > 0.8
+
+
+def test_rounded_vowels_pucker_and_bright_ones_smile() -> None:
+    lam = session()
+    ident = np.eye(12, dtype=np.float32)[:1]
+    u = vowel(300, 870)  # "oo": everything low
+    i = vowel(270, 2290)  # "ee": a strong second formant
+    a = vowel(750, 1200)  # "ah": a high first formant
+    out = {}
+    for name, x in (("u", u), ("i", i), ("a", a)):
+        _, bs = lam.run(None, {"audio": x[None], "identity": ident})
+        out[name] = bs[0, 3:-3]  # away from the window's edges
+    assert out["u"][:, ROUND].mean() > out["i"][:, ROUND].mean() + 0.15
+    assert out["i"][:, SPREAD].mean() > out["u"][:, SPREAD].mean() + 0.15
+    assert out["a"][:, JAW].mean() > max(out["u"][:, JAW].mean(), out["i"][:, JAW].mean()) + 0.05
+    assert out["a"][:, ROUND].mean() < 0.1 and out["a"][:, SPREAD].mean() < 0.1  # open, neither
+    for v in out.values():
+        assert v[:, JAW].min() > 0.2  # voiced: the mouth is open
+        assert v.std(axis=0).max() < 0.01  # a steady sound holds a steady face: nothing twitches
+
+
+def test_ctc_speech_probability_is_the_voice() -> None:
+    lam = session()
+    x = speech_like(7.5, RATE)
+    ident = np.eye(12, dtype=np.float32)[:1]
+    frames = []
+    prob = SpeechProbability()
+    for start in range(0, x.size, RATE):
+        asr, bs = lam.run(None, {"audio": x[None, start : start + RATE], "identity": ident})
+        frames.append(np.array(prob(asr[0], bs.shape[1])))
+    p = np.concatenate(frames)
+    t = (np.arange(p.size) + 0.5) / 30
+    assert p[(t > 5.3) & (t < 7.2)].max() < 0.2  # the pause
+    assert np.percentile(p[t < 4.8], 90) > 0.9  # the syllables
+
+
+def test_identity_picks_a_resting_expression_and_zero_is_neutral() -> None:
+    lam = session()
+    silence = np.zeros((12, 16000), np.float32)
+    _, bs = lam.run(None, {"audio": silence, "identity": np.eye(12, dtype=np.float32)})
+    assert np.abs(bs[0]).max() == 0.0  # identity 0, silence: the neutral face
+    assert all(0 < bs[k].max() <= 0.1 for k in range(1, 12))  # a small resting expression each
+    assert (bs[:, 0] == bs[:, -1]).all()  # constant through the window: nothing twitches
+
+
+def test_wav2arkit_flavour_keeps_its_alphabetical_order() -> None:
+    (bs,) = session("wav2arkit").run(None, {"audio_waveform": vowel(700, 1200)[None]})
+    assert bs[0, 5:-5, ALPHABETICAL_NAMES.index("jawOpen")].min() > 0.2
+    assert bs[0, :, ALPHABETICAL_NAMES.index("eyeBlinkLeft")].max() == 0.0
+
+
+def test_a_cached_tiny_synthetic_model_is_rebuilt_as_the_demo() -> None:
+    """Caches from before the rename hold the tiny random model as ``synthetic.onnx``."""
+    path = home_dir() / "synthetic" / "synthetic.onnx"
+    save_model(build_lam("tiny"), path)
+    assert locate_model(get_preset("synthetic")) == path
+    kinds = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert kinds["kind"] == model_kind("demo") == f"demo-{DEMO_VERSION}"
+    assert get_preset("synthetic-tiny").synthetic == ("lam", "tiny", False)
+
+
+def test_post_chain_keeps_the_lip_sync() -> None:
+    """Through the default post chain (gate, smoothing, blinks) the jaw still follows the voice."""
+    x = speech_like(7.5, RATE)
+    n = frames_for(x.size, RATE)
+    r = render(config(), Audio(x, n, RATE, 1, x.size / RATE, "speech_like"))
+    assert np.corrcoef(r.values[:, JAW], envelope(x, n))[0, 1] > 0.7
