@@ -13,17 +13,45 @@ import numpy as np
 
 from bridge.frame import SAMPLE_RATE
 
+#: First and second formants (Hz) of the vowels ``speech_like(vowels=True)`` cycles through.
+VOWELS: tuple[tuple[str, float, float], ...] = (
+    ("a", 750.0, 1200.0), ("i", 280.0, 2250.0), ("o", 480.0, 880.0), ("e", 450.0, 1950.0),
+    ("u", 310.0, 850.0), ("a", 700.0, 1150.0), ("e", 500.0, 1800.0),
+)  # fmt: skip
 
-def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
-    """Mono float32 in about [-0.5, 0.5]."""
+
+def _formant_gain(freq: np.ndarray, f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
+    """Two resonances (bandwidth ~12 % of the centre) on a gently falling floor."""
+    return sum(1.0 / (1.0 + ((freq - fc) / (0.12 * fc)) ** 2) for fc in (f1, f2)) + 0.02
+
+
+def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0, vowels: bool = False) -> np.ndarray:
+    """Mono float32 in about [-0.5, 0.5].
+
+    ``vowels``: each syllable gets a vowel's formants (:data:`VOWELS`, in turn) instead
+    of one fixed spectrum, so a model that reads vowel colour shows it (the demo WAV);
+    the rhythm, pauses and loudness are the same.
+    """
     rng = np.random.default_rng(seed)
     n = int(round(seconds * rate))
     t = np.arange(n) / rate
     f0 = 130.0 + 25.0 * np.sin(2 * np.pi * 0.7 * t) + 8.0 * np.sin(2 * np.pi * 5.5 * t)
     phase = 2 * np.pi * np.cumsum(f0) / rate
     voiced = np.zeros(n)
-    for h in range(1, 25):
-        voiced += np.sin(h * phase) / h
+    if vowels:
+        # The vowel changes where the syllable envelope is zero (every 1/4 s), so no click.
+        which = np.floor(t * 4.0).astype(np.int64) % len(VOWELS)
+        f1 = np.array([v[1] for v in VOWELS])[which]
+        f2 = np.array([v[2] for v in VOWELS])[which]
+        power = np.zeros(n)
+        for h in range(1, 25):
+            g = _formant_gain(h * f0, f1, f2) / np.sqrt(h)
+            voiced += g * np.sin(h * phase)
+            power += g**2 / 2
+        voiced *= np.sqrt(np.pi**2 / 12) / np.sqrt(power)  # the fixed spectrum's RMS (sum 1/2h^2)
+    else:
+        for h in range(1, 25):
+            voiced += np.sin(h * phase) / h
     # Two moving formant-ish emphases, as amplitude weighting of harmonics' envelope.
     f1 = 500 + 300 * np.sin(2 * np.pi * 3.1 * t)
     f2 = 1500 + 600 * np.sin(2 * np.pi * 2.3 * t + 1.0)
@@ -54,7 +82,8 @@ def staircase_level(k: int, levels: int = 41, step: float = 0.01) -> float:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m bridge.signals OUT.wav [SECONDS]``: write the speech-like demo signal (48 kHz)."""
+    """``python -m bridge.signals OUT.wav [SECONDS]``: write the speech-like demo signal (48 kHz),
+    with vowels (the demo model's lips follow them)."""
     import sys
 
     import soundfile
@@ -63,7 +92,7 @@ def _main(argv: list[str]) -> int:
         print("usage: python -m bridge.signals OUT.wav [SECONDS]", file=sys.stderr)
         return 2
     seconds = float(argv[1]) if len(argv) > 1 else 15.0
-    soundfile.write(argv[0], speech_like(seconds, 48_000), 48_000)
+    soundfile.write(argv[0], speech_like(seconds, 48_000, vowels=True), 48_000)
     print(f"wrote {argv[0]} ({seconds:g} s of speech-like audio at 48 kHz)", file=sys.stderr)
     return 0
 

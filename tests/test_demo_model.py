@@ -7,28 +7,43 @@ runner and renderers as the real model.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import soundfile
 
 from bridge.blendshapes import ALPHABETICAL_NAMES, ARKIT_NAMES, canonical_index
 from bridge.config import BridgeConfig, parse_config
+from bridge.livelink_csv import read_livelink_csv
 from bridge.model.ctc import SpeechProbability
 from bridge.model.hub import locate_model
 from bridge.model.presets import get_preset, home_dir
 from bridge.modeltools.demo import build_demo
-from bridge.modeltools.synth import CONFIGS, DEMO_VERSION, model_kind, build_lam, lam_frames, save_model, wav2arkit_frames
+from bridge.modeltools.synth import (
+    CONFIGS,
+    DEMO_VERSION,
+    build_lam,
+    lam_frames,
+    model_kind,
+    save_model,
+    wav2arkit_frames,
+)
 from bridge.offline import Audio, frames_for, render, render_streaming
-from bridge.signals import speech_like
+from bridge.signals import VOWELS, speech_like
 
 JAW = canonical_index("jawOpen")
-MOUTH = [canonical_index(n) for n in ("jawOpen", "mouthLowerDownLeft", "mouthLowerDownRight",
-                                      "mouthFunnel", "mouthPucker", "mouthStretchLeft", "mouthSmileLeft")]  # fmt: skip
+MOUTH_NAMES = ("jawOpen", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthFunnel", "mouthPucker",
+               "mouthStretchLeft", "mouthSmileLeft")  # fmt: skip
+MOUTH = [canonical_index(n) for n in MOUTH_NAMES]
 ROUND = [canonical_index(n) for n in ("mouthFunnel", "mouthPucker")]
-SPREAD = [canonical_index(n) for n in ("mouthStretchLeft", "mouthStretchRight", "mouthSmileLeft", "mouthSmileRight")]
+SPREAD = [
+    canonical_index(n) for n in ("mouthStretchLeft", "mouthStretchRight", "mouthSmileLeft", "mouthSmileRight")
+]
 RATE = 16_000
 
 
@@ -42,7 +57,9 @@ def config(post: dict | None = None) -> BridgeConfig:
 def session(family: str = "lam") -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    return ort.InferenceSession(build_demo(family).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        build_demo(family).SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
 
 
 def envelope(x: np.ndarray, frames: int) -> np.ndarray:
@@ -82,8 +99,10 @@ def test_interface_is_lams_for_every_batch_and_window() -> None:
     assert bs.shape == (2, wav2arkit_frames(16001), 52)
 
 
-def test_jaw_follows_the_syllables_and_closes_in_pauses() -> None:
-    x = speech_like(15.0, RATE)  # talk 0-5 s, pause 5-7.5 s, talk 7.5-12.5 s, pause 12.5-15 s
+@pytest.mark.parametrize("vowels", [False, True], ids=["one-spectrum", "demo-wav-vowels"])
+def test_jaw_follows_the_syllables_and_closes_in_pauses(vowels: bool) -> None:
+    # talk 0-5 s, pause 5-7.5 s, talk 7.5-12.5 s, pause 12.5-15 s
+    x = speech_like(15.0, RATE, vowels=vowels)
     n = frames_for(x.size, RATE)
     r = render(config(), Audio(x, n, RATE, 1, x.size / RATE, "speech_like"), raw=True)
     jaw = r.raw[:, JAW]
@@ -132,6 +151,22 @@ def test_rounded_vowels_pucker_and_bright_ones_smile() -> None:
         assert v.std(axis=0).max() < 0.01  # a steady sound holds a steady face: nothing twitches
 
 
+def test_the_demo_wavs_vowels_round_and_spread_the_lips() -> None:
+    """``python -m bridge.signals``' demo speech cycles through vowels: the lips follow them."""
+    x = speech_like(5.0, RATE, vowels=True)
+    n = frames_for(x.size, RATE)
+    raw = render(config(), Audio(x, n, RATE, 1, x.size / RATE, "demo"), raw=True).raw
+    t = (np.arange(n) + 0.5) / 30
+    syllable = np.floor(t * 4).astype(int)
+    peak = (t * 4 % 1 > 0.05) & (t * 4 % 1 < 0.45)  # the voiced half of each 250 ms syllable
+    kind = np.array([VOWELS[k % len(VOWELS)][0] for k in syllable])
+    dark, bright = peak & np.isin(kind, ["o", "u"]), peak & np.isin(kind, ["i", "e"])
+    assert raw[dark][:, ROUND].mean() > raw[bright][:, ROUND].mean() + 0.1
+    assert raw[bright][:, SPREAD].mean() > raw[dark][:, SPREAD].mean() + 0.1
+    wide = peak & (kind == "a")
+    assert raw[wide][:, JAW].mean() > raw[peak & (kind == "i")][:, JAW].mean()
+
+
 def test_ctc_speech_probability_is_the_voice() -> None:
     lam = session()
     x = speech_like(7.5, RATE)
@@ -178,3 +213,34 @@ def test_post_chain_keeps_the_lip_sync() -> None:
     n = frames_for(x.size, RATE)
     r = render(config(), Audio(x, n, RATE, 1, x.size / RATE, "speech_like"))
     assert np.corrcoef(r.values[:, JAW], envelope(x, n))[0, 1] > 0.7
+
+
+def test_the_readme_quick_start_and_offline_example_show_lip_sync(tmp_path: Path) -> None:
+    """``python3 -m bridge.signals demo.wav && python3 -m bridge run --model synthetic --input
+    demo.wav`` (here 8 s, ``--fast``, into a Live Link receiver) and ``offline --plot``."""
+    from tests.receivers import LiveLinkReceiver
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)  # fmt: skip
+
+    assert cli("bridge.signals", "demo.wav", "8").returncode == 0
+    rx = LiveLinkReceiver()
+    try:
+        (tmp_path / "c.toml").write_text(f'[[output]]\nkind = "livelink"\nport = {rx.port}\n')
+        proc = cli("bridge", "run", "--model", "synthetic", "--input", "demo.wav", "--fast", "-c", "c.toml")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        rx.close()
+    assert len(rx.packets) == 240
+    jaw = np.array([p["values"][JAW] for p in sorted(rx.packets, key=lambda p: p["frame"])])
+    assert jaw[:150].max() > 0.35 and (jaw[:150] < 0.1).sum() > 20  # opens and closes with the syllables
+    assert jaw[165:225].max() < 0.02  # shut in the pause
+
+    proc = cli("bridge", "offline", "demo.wav", "--model", "synthetic", "-o", "out.csv", "--plot", "out.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rec = read_livelink_csv(tmp_path / "out.csv")
+    assert rec.frames == 240
+    np.testing.assert_allclose(rec.values[:, JAW], jaw, atol=0.15)  # offline has more context
+    assert rec.values[:150, JAW].max() > 0.35 and rec.values[165:225, JAW].max() < 0.02

@@ -160,6 +160,10 @@ def build_synthetic(preset: Preset) -> Path:
 
     if size == "full":
         print(f"building the {preset.name} model once into {path} ...", file=sys.stderr)
+    if size == "demo" and not oracle:
+        from bridge.modeltools.demo import synthesize_demo
+
+        return synthesize_demo(family, path)
     return synthesize(family, size, path, oracle=oracle)
 
 

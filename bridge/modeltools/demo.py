@@ -33,6 +33,7 @@ It is fast: about 10 M multiply-adds per 1 s window (see docs/models.md).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -40,6 +41,7 @@ from onnx import TensorProto, helper
 
 from bridge.blendshapes import ARKIT_NAMES, NUM_BLENDSHAPES
 from bridge.model.description import LAM, WAV2ARKIT
+from bridge.modeltools.synth import CONFIGS, _Builder, _frames_graph, model_kind, save_model
 
 SAMPLE_RATE = 16_000
 FPS = 30
@@ -175,8 +177,6 @@ def style_matrix(order: tuple[str, ...]) -> np.ndarray:
 
 def build_demo(family: str = "lam") -> onnx.ModelProto:
     """The demo model with ``family``'s exact interface (any batch, any window length)."""
-    from bridge.modeltools.synth import _Builder, _frames_graph, model_kind
-
     if family not in ("lam", "wav2arkit"):
         raise ValueError(f"family {family!r} is not known; allowed: lam, wav2arkit")
     lam = family == "lam"
@@ -232,7 +232,8 @@ def build_demo(family: str = "lam") -> onnx.ModelProto:
         """``sigmoid((a - minus - offset) / TILT_WIDTH_DB)`` of band levels, in dB."""
         d = b.op("Sub", [a, minus if isinstance(minus, str) else b.const(minus)], f"demo/{tag}_Sub")
         d = b.op("Sub", [d, b.const(offset)], f"demo/{tag}_Sub_1")
-        return b.op("Sigmoid", [b.op("Mul", [d, b.const(1.0 / TILT_WIDTH_DB)], f"demo/{tag}_Mul")], f"demo/{tag}")
+        d = b.op("Mul", [d, b.const(1.0 / TILT_WIDTH_DB)], f"demo/{tag}_Mul")
+        return b.op("Sigmoid", [d], f"demo/{tag}")
 
     low, mid = column("low", levels, "level"), column("mid", levels, "level")
     lowmid, high = column("lowmid", levels, "level"), column("high", levels, "level")
@@ -268,22 +269,18 @@ def build_demo(family: str = "lam") -> onnx.ModelProto:
         rest = style_matrix(order)[11].reshape(1, 1, NUM_BLENDSHAPES)  # wav2arkit bakes identity 11 in
         y = b.op("Add", [y, b.tensor("demo.style", rest)], "demo/Add_style")
     b.op("Clip", [y, b.const(0.0), b.const(1.0)], "demo/Clip", output=desc.blendshapes_output)
-    outputs.append(
-        helper.make_tensor_value_info(desc.blendshapes_output, TensorProto.FLOAT, ["batch", "frames", NUM_BLENDSHAPES])
-    )
+    dims = ["batch", "frames", NUM_BLENDSHAPES]
+    outputs.append(helper.make_tensor_value_info(desc.blendshapes_output, TensorProto.FLOAT, dims))
     return b.model(f"demo_{family}", inputs, outputs, family=family, kind=model_kind("demo"))
 
 
-def _ctc_logits(b: object, levels100: str, audio: str, batch: str, speech_band: int,
+def _ctc_logits(b: _Builder, levels100: str, audio: str, batch: str, speech_band: int,
                 name: str) -> onnx.ValueInfoProto:  # fmt: skip
     """``asr_logits [B, T50, 32]``: blank vs :data:`CTC_LETTER` by the speech band's level.
 
     ``T50`` is wav2vec2-base's step count for the window (its conv stack's length
     formula), so the CTC gate's 50 fps -> 30 fps plan is the real model's.
     """
-    from bridge.modeltools.synth import CONFIGS, _Builder
-
-    assert isinstance(b, _Builder)
     shape = b.op("Shape", [audio], "demo.ctc/Shape")
     n = b.op("Slice", [shape, b.ints([1]), b.ints([2]), b.ints([0])], "demo.ctc/samples")
     cfg = CONFIGS["full"]
@@ -306,3 +303,8 @@ def _ctc_logits(b: object, levels100: str, audio: str, batch: str, speech_band: 
     y = b.op("MatMul", [lvl, b.tensor("demo.ctc.weight", weight)], "demo.ctc/MatMul")
     b.op("Add", [y, b.tensor("demo.ctc.bias", bias)], "demo.ctc/Add_bias", output=name)
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "frames50", 32])
+
+
+def synthesize_demo(family: str, path: str | Path) -> Path:
+    """Build the demo model of ``family`` and save it (external data, as every synthetic model)."""
+    return save_model(build_demo(family), path)

@@ -53,8 +53,6 @@ ORACLE_IDENTITY_STEP: float = 1 / 1024
 
 Family = Literal["lam", "wav2arkit"]
 Size = Literal["tiny", "full"]
-#: What ``synthesize`` builds: the random-weight sizes, or the demo (``bridge.modeltools.demo``).
-Kind = Literal["tiny", "full", "demo"]
 #: Bumped whenever the demo graph changes, so a cached build of an older one is rebuilt.
 DEMO_VERSION = 1
 
@@ -549,16 +547,12 @@ def synthesize(family: str, size: str, path: str | Path, *, oracle: bool = False
                seed: int = 0) -> Path:  # fmt: skip
     """Build a synthetic model (or the 1 s oracle of ``family``) and save it with external data.
 
-    ``size`` is ``tiny`` or ``full`` (random weights) or ``demo`` (the hand-built model
-    whose face follows the voice, :mod:`bridge.modeltools.demo`; ``seed`` is ignored).
+    ``size`` is ``tiny`` or ``full`` (random weights); the demo model is
+    :func:`bridge.modeltools.demo.synthesize_demo`'s.
     """
     if family not in ("lam", "wav2arkit"):
         raise ValueError(f"family {family!r} is not known; allowed: lam, wav2arkit")
-    if size == "demo" and not oracle:
-        from bridge.modeltools.demo import build_demo
-
-        model = build_demo(family)
-    elif oracle:
+    if oracle:
         model = build_oracle(family, window_samples=SAMPLE_RATE)  # type: ignore[arg-type]
     elif family == "lam":
         model = build_lam(size, seed)  # type: ignore[arg-type]
