@@ -244,3 +244,12 @@ def test_the_readme_quick_start_and_offline_example_show_lip_sync(tmp_path: Path
     assert rec.frames == 240
     np.testing.assert_allclose(rec.values[:, JAW], jaw, atol=0.15)  # offline has more context
     assert rec.values[:150, JAW].max() > 0.35 and rec.values[165:225, JAW].max() < 0.02
+
+
+def test_models_synth_builds_the_demo(tmp_path: Path) -> None:
+    out = tmp_path / "demo.onnx"
+    args = [sys.executable, "-m", "bridge", "models", "synth", "--size", "demo", "-o", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    kinds = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert kinds["kind"] == model_kind("demo") and kinds["family"] == "lam"
