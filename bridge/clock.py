@@ -62,7 +62,7 @@ def format_time_of_day(seconds_of_day: float, fps: int = 30) -> str:
     seconds, ff = divmod(frame, fps)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
-    return f"{h:02d}:{m:02d}:{s:02d}:{ff:02d}.{min(int(sub * 1000), 999):03d}"
+    return f"{h:02d}:{m:02d}:{s:02d}:{ff:02d}.{min(int(sub * 1000 + 1e-6), 999):03d}"
 
 
 class WallClock:
