@@ -27,7 +27,8 @@ so this graph computes its 52 values from what can be heard, with ``onnx`` +
 * ``asr_logits`` (LAM only) at wav2vec2's 50 fps step count: blank against one
   letter by the speech level, so the CTC voice gate (``vad = "ctc"``) works.
 
-It is fast: about 10 M multiply-adds per 1 s window (see docs/models.md).
+It is fast: about 6 M multiply-adds per 1 s window (see docs/models.md).  It reads
+absolute levels (no normalisation): a quiet microphone opens the mouth less.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ BANDS: dict[str, tuple[float, float]] = {
     "high": (1500, 4000),
     "hiss": (4000, 8000),
 }
-#: Speech-band level (dB re a full-scale sine's power) where the mouth starts to open / is fully open.
+#: Speech-band level (dB of band power; a full-scale sine reads -6 dB) where the mouth starts to
+#: open / is fully open.
 OPEN_FLOOR_DB = -48.0
 OPEN_FULL_DB = -20.0
 #: Lips round (u, o) when the band under 1.5 kHz is this far above the high band (dB) ...
