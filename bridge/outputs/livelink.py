@@ -115,8 +115,9 @@ class LiveLinkEncoder:
     ``timecode = "system"`` stamps each frame with the local time of day of its first
     audio sample (its ``capture_time``, that of its last sample, minus one frame: the
     instant the stream mode's ``number / 30`` also means), through ``clock`` (default the
-    process's :func:`~bridge.clock.wall_clock`).  ``first_stamp`` / ``last_stamp`` are the
-    Unix times of the first and last frames stamped so (for ``--stats``).
+    process's :func:`~bridge.clock.wall_clock`): no clock is read per frame, the stamp is a
+    function of the frame's own capture time.  ``first_stamp`` / ``last_stamp`` are the Unix
+    times of the first and last frames stamped so (for ``--stats``).
     """
 
     def __init__(
