@@ -273,7 +273,9 @@ def build_demo(family: str = "lam") -> onnx.ModelProto:
     b.op("Clip", [y, b.const(0.0), b.const(1.0)], "demo/Clip", output=desc.blendshapes_output)
     dims = ["batch", "frames", NUM_BLENDSHAPES]
     outputs.append(helper.make_tensor_value_info(desc.blendshapes_output, TensorProto.FLOAT, dims))
-    return b.model(f"demo_{family}", inputs, outputs, family=family, kind=model_kind("demo"))
+    model = b.model(f"demo_{family}", inputs, outputs, family=family, kind=model_kind("demo"))
+    model.doc_string = "demo model: blendshapes computed from band energies of the audio (no training)"
+    return model
 
 
 def _ctc_logits(b: _Builder, levels100: str, audio: str, batch: str, speech_band: int,
