@@ -13,24 +13,40 @@ import numpy as np
 
 from bridge.frame import SAMPLE_RATE
 
-#: First and second formants (Hz) of the vowels ``speech_like(vowels=True)`` cycles through.
-VOWELS: tuple[tuple[str, float, float], ...] = (
-    ("a", 750.0, 1200.0), ("i", 280.0, 2250.0), ("o", 480.0, 880.0), ("e", 450.0, 1950.0),
-    ("u", 310.0, 850.0), ("a", 700.0, 1150.0), ("e", 500.0, 1800.0),
+#: Formants F1, F2, F3 (Hz) of the vowels ``speech_like(vowels=True)`` cycles through
+#: (adult male averages, Peterson & Barney 1952).
+VOWELS: tuple[tuple[str, float, float, float], ...] = (
+    ("a", 730.0, 1090.0, 2440.0), ("i", 270.0, 2290.0, 3010.0), ("o", 500.0, 900.0, 2400.0),
+    ("e", 530.0, 1840.0, 2480.0), ("u", 300.0, 870.0, 2240.0), ("a", 730.0, 1090.0, 2440.0),
+    ("e", 530.0, 1840.0, 2480.0),
 )  # fmt: skip
+#: Formant bandwidths (Hz), F1..F3.
+BANDWIDTHS = (60.0, 90.0, 150.0)
 
 
-def _formant_gain(freq: np.ndarray, f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
-    """Two resonances (bandwidth ~12 % of the centre) on a gently falling floor."""
-    return sum(1.0 / (1.0 + ((freq - fc) / (0.12 * fc)) ** 2) for fc in (f1, f2)) + 0.02
+def formant_gain(freq: np.ndarray, formants: tuple[np.ndarray | float, ...]) -> np.ndarray:
+    """A vocal tract's gain at ``freq``: the sum of one resonance per formant (magnitude)."""
+    pairs = zip(formants, BANDWIDTHS, strict=True)
+    return sum(1.0 / np.sqrt(1.0 + ((freq - fc) / bw) ** 2) for fc, bw in pairs)
+
+
+def vowel_like(formants: tuple[float, float, float], seconds: float = 1.0, rate: int = SAMPLE_RATE,
+               f0: float = 120.0, tilt: float = 1.0, rms: float = 0.1) -> np.ndarray:  # fmt: skip
+    """A sustained vowel: ``f0``'s harmonics (source falling ``6 * tilt`` dB/octave) through
+    three formant resonances; float32 at ``rms``."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    x = np.zeros_like(t)
+    for h in range(1, int(min(7000.0, rate / 2 - f0) / f0)):
+        x += formant_gain(np.float64(h * f0), formants) / h**tilt * np.sin(2 * np.pi * h * f0 * t)
+    return (rms * x / np.sqrt(np.mean(x**2))).astype(np.float32)
 
 
 def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0, vowels: bool = False) -> np.ndarray:
     """Mono float32 in about [-0.5, 0.5].
 
-    ``vowels``: each syllable gets a vowel's formants (:data:`VOWELS`, in turn) instead
-    of one fixed spectrum, so a model that reads vowel colour shows it (the demo WAV);
-    the rhythm, pauses and loudness are the same.
+    ``vowels``: each syllable gets a vowel's three formants (:data:`VOWELS`, in turn) on
+    the same 1/h harmonic source instead of one fixed spectrum, so a model that reads
+    vowel colour shows it (the demo WAV); the rhythm, pauses and loudness are the same.
     """
     rng = np.random.default_rng(seed)
     n = int(round(seconds * rate))
@@ -41,11 +57,10 @@ def speech_like(seconds: float, rate: int = SAMPLE_RATE, seed: int = 0, vowels: 
     if vowels:
         # The vowel changes where the syllable envelope is zero (every 1/4 s), so no click.
         which = np.floor(t * 4.0).astype(np.int64) % len(VOWELS)
-        f1 = np.array([v[1] for v in VOWELS])[which]
-        f2 = np.array([v[2] for v in VOWELS])[which]
+        formants = tuple(np.array([v[i] for v in VOWELS])[which] for i in (1, 2, 3))
         power = np.zeros(n)
         for h in range(1, 25):
-            g = _formant_gain(h * f0, f1, f2) / np.sqrt(h)
+            g = formant_gain(h * f0, formants) / h
             voiced += g * np.sin(h * phase)
             power += g**2 / 2
         voiced *= np.sqrt(np.pi**2 / 12) / np.sqrt(power)  # the fixed spectrum's RMS (sum 1/2h^2)

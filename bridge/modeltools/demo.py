@@ -11,10 +11,10 @@ so this graph computes its 52 values from what can be heard, with ``onnx`` +
 * *opening* = the speech band's (100 Hz - 4 kHz) level mapped from
   ``OPEN_FLOOR_DB`` (closed) to ``OPEN_FULL_DB`` (fully open): jaw, lower lip
   and upper lip follow the syllables and close in pauses;
-* vowel colour from band levels in dB: a dark vowel (u, o: all below 1.5 kHz,
-  the first formant low) rounds the lips (funnel, pucker); a bright one (i, e:
-  strong second formant above 1.5 kHz) spreads them (stretch, smile); a high
-  first formant (a: 500 Hz - 1.5 kHz above 100 - 500 Hz) opens the jaw wider;
+* vowel colour from neighbouring band levels in dB: a front vowel (i, e: second
+  formant in 1.5 - 2.6 kHz rather than 0.7 - 1.3 kHz) spreads the lips (stretch,
+  smile); a back vowel rounds them (funnel, pucker: u, o) or, when its first
+  formant is high (a: 0.6 - 1.3 kHz over 150 - 450 Hz), opens the jaw wider;
 * *hiss* = the 4 - 7.8 kHz band over the speech band: fricatives narrow the
   jaw and lift the upper lip a little;
 * the 30 fps frames are the 100 fps analysis resampled at each frame's centre
@@ -51,29 +51,30 @@ WINDOW = 320
 HOP = 160
 #: Filter-bank centre frequencies (Hz): the DFT grid of a 20 ms window to 4 kHz, coarser above.
 BINS_HZ: tuple[float, ...] = tuple(range(100, 4000, 50)) + tuple(range(4000, 7900, 200))
-#: Bands (Hz, [lo, hi)): the speech band, its first-formant ranges of closed (u, i) and open
-#: (a) vowels, the second/third-formant range of front vowels, fricatives' hiss.
+#: Bands (Hz, [lo, hi)): the speech band; four for vowel colour (around the second formant of
+#: front vowels and of back vowels; the first formant of open vowels and of closed ones);
+#: fricatives' hiss.
 BANDS: dict[str, tuple[float, float]] = {
     "speech": (100, 4000),
-    "low": (100, 500),
-    "mid": (500, 1500),
-    "lowmid": (100, 1500),
-    "high": (1500, 4000),
+    "f2_front": (1500, 2600),
+    "f2_back": (700, 1300),
+    "f1_open": (600, 1300),
+    "f1_closed": (150, 450),
     "hiss": (4000, 8000),
 }
 #: Speech-band level (dB of band power; a full-scale sine reads -6 dB) where the mouth starts to
 #: open / is fully open.
 OPEN_FLOOR_DB = -48.0
 OPEN_FULL_DB = -20.0
-#: Lips round (u, o) when the band under 1.5 kHz is this far above the high band (dB) ...
-ROUND_DB = 25.0
-#: ... and the first formant is low (low band at most this far below the mid band): not "a".
-ROUND_F1_DB = -8.0
-#: Lips spread (i, e) when the high band comes within this of the band under 1.5 kHz (dB).
-SPREAD_DB = 8.0
-#: The jaw opens wider when the first formant is high (mid band above the low band, dB).
-WIDE_DB = 0.0
-TILT_WIDTH_DB = 2.5
+#: Front vowels (i, e: second formant above 1.5 kHz) spread the lips: ``f2_front - f2_back``
+#: above FRONT_DB.  Neighbouring bands, so a voice's tilt moves it by only ~4 dB per 3 dB/octave.
+#: With a -6 dB/octave source (a typical voice): i +4, e +3; u -6.5, o -7.5, a -9.3.
+FRONT_DB = -1.5
+#: Back vowels round the lips (u, o) unless the first formant is high (a: ``f1_open -
+#: f1_closed`` above OPEN_VOWEL_DB; at -6 dB/octave a +2.8, o -1.7, e -3.6, u -7.5, i -17),
+#: which opens the jaw wider instead.
+OPEN_VOWEL_DB = 0.5
+COLOUR_WIDTH_DB = 2.0
 #: Hiss over speech band (dB) where fricatives start to count.
 HISS_DB = -12.0
 #: CTC: speech probability 0.5 at this level; dB per logit unit.
@@ -230,19 +231,21 @@ def build_demo(family: str = "lam") -> onnx.ModelProto:
     opening = b.op("Mul", [opening, b.const(1.0 / span)], "demo/open_Mul")
     opening = b.op("Clip", [opening, b.const(0.0), b.const(1.0)], "demo/open")
 
-    def sigmoid(a: str, minus: str | float, offset: float, tag: str) -> str:
-        """``sigmoid((a - minus - offset) / TILT_WIDTH_DB)`` of band levels, in dB."""
-        d = b.op("Sub", [a, minus if isinstance(minus, str) else b.const(minus)], f"demo/{tag}_Sub")
-        d = b.op("Sub", [d, b.const(offset)], f"demo/{tag}_Sub_1")
-        d = b.op("Mul", [d, b.const(1.0 / TILT_WIDTH_DB)], f"demo/{tag}_Mul")
+    def sigmoid(x: str, centre: float, width: float, tag: str) -> str:
+        """``sigmoid((x - centre) / width)``; a negative width flips it."""
+        d = b.op("Sub", [x, b.const(centre)], f"demo/{tag}_Sub")
+        d = b.op("Mul", [d, b.const(1.0 / width)], f"demo/{tag}_Mul")
         return b.op("Sigmoid", [d], f"demo/{tag}")
 
-    low, mid = column("low", levels, "level"), column("mid", levels, "level")
-    lowmid, high = column("lowmid", levels, "level"), column("high", levels, "level")
-    dark = sigmoid(lowmid, high, ROUND_DB, "dark")
-    rnd = b.op("Mul", [dark, sigmoid(low, mid, ROUND_F1_DB, "f1_low")], "demo/round")
-    spr = sigmoid(b.op("Add", [high, b.const(SPREAD_DB)], "demo/bright_Add"), lowmid, 0.0, "spread")
-    wide = sigmoid(mid, low, WIDE_DB, "wide")
+    fronted = b.op("Sub", [column("f2_front", levels, "level"), column("f2_back", levels, "level")],
+                   "demo/fronted")  # fmt: skip
+    spr = sigmoid(fronted, FRONT_DB, COLOUR_WIDTH_DB, "spread")
+    backed = sigmoid(fronted, FRONT_DB, -COLOUR_WIDTH_DB, "back")
+    f1 = b.op("Sub", [column("f1_open", levels, "level"), column("f1_closed", levels, "level")], "demo/f1")
+    open_vowel = sigmoid(f1, OPEN_VOWEL_DB, COLOUR_WIDTH_DB, "open_vowel")
+    closed_vowel = sigmoid(f1, OPEN_VOWEL_DB, -COLOUR_WIDTH_DB, "closed_vowel")
+    rnd = b.op("Mul", [backed, closed_vowel], "demo/round")
+    wide = b.op("Mul", [backed, open_vowel], "demo/wide")
     hiss = b.op("Sub", [column("hiss", levels, "level"), speech], "demo/hiss_Sub")
     hiss = b.op("Sub", [hiss, b.const(HISS_DB)], "demo/hiss_Sub_1")
     hiss = b.op("Sigmoid", [b.op("Mul", [hiss, b.const(0.5)], "demo/hiss_Mul")], "demo/hiss")

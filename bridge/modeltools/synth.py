@@ -54,7 +54,7 @@ ORACLE_IDENTITY_STEP: float = 1 / 1024
 Family = Literal["lam", "wav2arkit"]
 Size = Literal["tiny", "full"]
 #: Bumped whenever the demo graph changes, so a cached build of an older one is rebuilt.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 def model_kind(size: str, oracle: bool = False) -> str:
