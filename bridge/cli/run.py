@@ -90,7 +90,7 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
         raise  # not reached
     except BridgeError:
         if stats_path and bridge is not None and phase == "run":  # ended on a fault (input lost, ...)
-            write_json(stats_path, bridge.stats.as_dict())
+            write_json(stats_path, {**bridge.stats.as_dict(), **timecode_stats(bridge.outputs)})
         raise
     finally:
         if bridge is not None:
