@@ -212,6 +212,13 @@ def test_a_cached_tiny_synthetic_model_is_rebuilt_as_the_demo() -> None:
     assert locate_model(get_preset("synthetic")) == path
     kinds = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     assert kinds["kind"] == model_kind("demo") == f"demo-{DEMO_VERSION}"
+    older = build_demo("lam")  # a cache from an older demo graph: rebuilt as well
+    onnx.helper.set_model_props(older, {"synthetic": "true", "family": "lam", "kind": "demo-0"})
+    save_model(older, path)
+    assert locate_model(get_preset("synthetic")) == path
+    kinds = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert kinds["kind"] == f"demo-{DEMO_VERSION}"
+    assert locate_model(get_preset("synthetic")) == path  # and reused once current
     assert get_preset("synthetic-tiny").synthetic == ("lam", "tiny", False)
 
 
