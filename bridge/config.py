@@ -463,6 +463,11 @@ class OutputConfig:
     osc_folder: str | None = _opt(
         None, doc="vrchat: VRChat's OSC folder (default: this OS's, e.g. %LOCALAPPDATA%Low/VRChat/VRChat/OSC)"
     )
+    timecode: Literal["stream", "system"] = _opt(
+        "stream",
+        doc="livelink: frame time sent: stream (frame numbers 0, 1, 2, ...) or system (capture time of "
+        "day at 30 fps, frames since local midnight, as the phone app: for Take Recorder)",
+    )
     mirror: bool = _opt(False, doc="swap every Left/Right value")
     performers: list[str] | None = _opt(
         None, doc="the performers this output serves, by name (default: all; kinds without a subject: one)"
@@ -488,7 +493,7 @@ class OutputConfig:
 
 
 _KIND_FIELDS = {
-    "livelink": {"kind", "host", "port", "subject", "device_id", "mirror", "performers"},
+    "livelink": {"kind", "host", "port", "subject", "device_id", "timecode", "mirror", "performers"},
     "osc": {"kind", "host", "port", "scheme", "speech", "mirror", "performers"},
     "zmq": {"kind", "endpoint", "subject", "device_id", "format", "topic", "mirror", "performers"},
     "vrchat": {"kind", "host", "port", "names", "prefix", "parameters", "rename", "bundle", "listen_port",

@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 
 from bridge.blendshapes import HEAD_EYE_NAMES, LIVELINK_NAMES, NUM_BLENDSHAPES
+from bridge.clock import format_time_of_day
 from bridge.errors import BridgeError
 from bridge.frame import FPS
 
@@ -142,9 +143,13 @@ def write_livelink_csv(
     timecode_fps: int = APP_TIMECODE_FPS,
     start_seconds: int = 0,
     decimals: int = 6,
+    start_time_of_day: float | None = None,
 ) -> None:
     """Write frames ``values`` (n x 52, canonical order) and ``head`` (n x 9) as Live Link Face
-    CSV, one row per frame (1/30 s), timecodes counted at ``timecode_fps`` (the app's 60)."""
+    CSV, one row per frame (1/30 s), timecodes counted at ``timecode_fps`` (the app's 60).
+
+    ``start_time_of_day`` (seconds since midnight, any fraction) puts row 0 there, as the
+    app's rows carry the time of day (wrapping at midnight); else row 0 is ``start_seconds``."""
     n = values.shape[0]
     if values.shape[1:] != (NUM_BLENDSHAPES,):
         raise ValueError(f"values must be (n, {NUM_BLENDSHAPES}), got {values.shape}")
@@ -156,7 +161,10 @@ def write_livelink_csv(
     buf.write(",".join(HEADER) + "\n")
     fmt = f"%.{decimals}f"
     for k in range(n):
-        buf.write(format_timecode(k, timecode_fps, start_seconds))
+        if start_time_of_day is None:
+            buf.write(format_timecode(k, timecode_fps, start_seconds))
+        else:
+            buf.write(format_time_of_day(start_time_of_day + k / FPS, timecode_fps))
         buf.write(f",{VALUE_COUNT},")
         buf.write(",".join(fmt % v for v in full[k]))
         buf.write("\n")

@@ -339,9 +339,11 @@ def comparison_table(results: Sequence[Comparison], channels: Sequence[str] = MA
 OUTPUT_SUFFIXES = (".csv", ".json", ".npy")
 
 
-def write_render(path: str | Path, result: Render, timecode_fps: int | None = None) -> None:
+def write_render(path: str | Path, result: Render, timecode_fps: int | None = None,
+                 start_time_of_day: float | None = None) -> None:  # fmt: skip
     """Write ``result`` as Live Link Face CSV, JSON or npy, by ``path``'s extension;
-    ``timecode_fps`` is the CSV's timecode rate (default the app's 60)."""
+    ``timecode_fps`` is the CSV's timecode rate (default the app's 60), ``start_time_of_day``
+    its first row's time of day (seconds since midnight; default 00:00:00)."""
     from bridge.livelink_csv import APP_TIMECODE_FPS, write_livelink_csv
 
     p = Path(path)
@@ -350,7 +352,8 @@ def write_render(path: str | Path, result: Render, timecode_fps: int | None = No
         raise BridgeError(f"output {p}: unknown format {suffix or '(none)'}; use .csv, .json or .npy")
     try:
         if suffix == ".csv":
-            write_livelink_csv(p, result.values, result.head, timecode_fps=timecode_fps or APP_TIMECODE_FPS)
+            write_livelink_csv(p, result.values, result.head, timecode_fps=timecode_fps or APP_TIMECODE_FPS,
+                               start_time_of_day=start_time_of_day)  # fmt: skip
         elif suffix == ".npy":
             np.save(p, result.livelink())
         else:

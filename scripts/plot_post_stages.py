@@ -1,6 +1,7 @@
 """Draw what each post-processing stage does: docs/postprocessing.png.
 
-Runs the synthetic model (``--model synthetic``: random weights, LAM's interface)
+Runs the tiny synthetic model (``--model synthetic-tiny``: random weights, LAM's interface,
+a model floor in silence that shows what calibration and the gate do)
 over ``bridge.signals.speech_like`` audio through the realtime path's frames
 (the offline renderer's raw output), then applies the stages one after another
 in the chain's order, one frame per call as at one-frame hops, and plots each
@@ -55,7 +56,7 @@ def main() -> None:
     x = speech_like(args.seconds, seed=0)  # 5 s of speech, a 2.5 s pause, speech again
     n = frames_for(x.shape[0], SAMPLE_RATE)
     audio = Audio(x, n, SAMPLE_RATE, 1, x.shape[0] / SAMPLE_RATE, "speech_like")
-    cfg = parse_config({"model": {"preset": "synthetic", "providers": ["cpu"], "fallback": ""}})
+    cfg = parse_config({"model": {"preset": "synthetic-tiny", "providers": ["cpu"], "fallback": ""}})
     base = render(cfg, audio, raw=True)
     raw, rms = base.raw, base.rms
     t = np.arange(n) / FPS
@@ -139,7 +140,7 @@ def main() -> None:
                   fontsize=9, loc="left")  # fmt: skip
     wav.set_xlabel("time (s)")
     fig.suptitle("post-processing stages, each applied one frame per call to the previous one's output "
-                 "(synthetic model: random weights)", fontsize=10)  # fmt: skip
+                 "(synthetic-tiny model: random weights)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -151,15 +151,17 @@ def test_empty_and_silent_files(tmp_path: Path) -> None:
     runner = CliRunner()
     empty = tmp_path / "empty.wav"
     soundfile.write(str(empty), np.zeros(0, np.float32), 16000)
-    res = runner.invoke(main, ["offline", str(empty), "--model", "synthetic", "-o", str(tmp_path / "e.csv")])
+    res = runner.invoke(main, ["offline", str(empty), "--model", "synthetic-tiny", "-o",
+                               str(tmp_path / "e.csv")])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (tmp_path / "e.csv").read_text().count("\n") == 1  # the header only
-    res = runner.invoke(main, ["offline", str(empty), "--model", "synthetic", "-o", str(tmp_path / "e.npy")])
+    res = runner.invoke(main, ["offline", str(empty), "--model", "synthetic-tiny", "-o",
+                               str(tmp_path / "e.npy")])  # fmt: skip
     assert res.exit_code == 0 and np.load(tmp_path / "e.npy").shape == (0, 61)
 
     silent = tmp_path / "silent.wav"
     soundfile.write(str(silent), np.zeros((48000 * 2, 2), np.float32), 48000)
-    r = render(config("synthetic"), silent)
+    r = render(config("synthetic-tiny"), silent)
     assert r.frames == 60 and np.isfinite(r.values).all()
     assert (r.values[:, GATED] == 0).all()  # the gate keeps the mouth at rest in silence
     assert (r.raw[:, GATED] > 0.05).any()  # ... where the model itself does not
@@ -181,12 +183,13 @@ def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "nothing to do" in res.stderr
 
 
-def test_gate_targets_end_to_end_on_the_synthetic_model() -> None:
+def test_gate_targets_end_to_end_on_the_tiny_synthetic_model() -> None:
     """After speech stops the mouth is below 0.05 within 200 ms; it is back within 2 frames."""
     x = np.concatenate([speech_like(3.0, seed=1), np.zeros(16000, np.float32), speech_like(2.0, seed=2)])
     audio = Audio(x, 180, 16000, 1, 6.0, "speech_pause_speech")
-    gated = render(config("synthetic", {"blink": {"enabled": False}}), audio)
-    ungated = render(config("synthetic", {"blink": {"enabled": False}, "gate": {"enabled": False}}), audio)
+    gated = render(config("synthetic-tiny", {"blink": {"enabled": False}}), audio)
+    quiet = {"blink": {"enabled": False}, "gate": {"enabled": False}}
+    ungated = render(config("synthetic-tiny", quiet), audio)
     stop, onset_audio = 90, 120  # frame 90 is the first silent one; speech resumes at frame 120
     assert (ungated.values[stop + 6 : onset_audio, GATED] > 0.05).any()  # the model's floor
     assert (gated.values[stop + 6 : onset_audio, GATED] < 0.05).all()  # 6 frames = 200 ms
@@ -206,7 +209,7 @@ def test_compare_streaming_oracle_matches_and_cli_reports(tmp_path: Path) -> Non
         # The oracle has no context, so both paths must agree frame for frame, post chain included.
         assert result.frames == 60 and float(result.mae.max()) < 1e-4
     out = tmp_path / "report.json"
-    cfg_path = write_toml(tmp_path / "c.toml", "synthetic")
+    cfg_path = write_toml(tmp_path / "c.toml", "synthetic-tiny")
     res = CliRunner().invoke(main, ["offline", str(wav), "-c", str(cfg_path), "--compare-streaming",
                                     "--lookahead", "0,3", "--report", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -223,21 +226,21 @@ def test_calibrate_from_a_silent_file_and_use_it(tmp_path: Path) -> None:
     silent = tmp_path / "silent.wav"
     soundfile.write(str(silent), np.zeros(16000 * 2, np.float32), 16000)
     cal = tmp_path / "calibration.toml"
-    res = CliRunner().invoke(main, ["calibrate", "--input", str(silent), "--model", "synthetic",
+    res = CliRunner().invoke(main, ["calibrate", "--input", str(silent), "--model", "synthetic-tiny",
                                     "--seconds", "1.5", "-o", str(cal)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert 'calibration = "' in res.stdout
     from bridge.post.calibration import load_calibration
 
     data = load_calibration(cal)
-    assert data.frames == 45 and data.model == "synthetic"
-    floor = load_model(config("synthetic").model).runner.infer(np.zeros(16000, np.float32))[-1]
+    assert data.frames == 45 and data.model == "synthetic-tiny"
+    floor = load_model(config("synthetic-tiny").model).runner.infer(np.zeros(16000, np.float32))[-1]
     np.testing.assert_allclose(data.offsets, floor, atol=1e-5)  # what the model says in silence
     # With the calibration alone, silence maps to 0 on every channel in the realtime path it
     # was recorded through (offline frames come from mid-window rows, whose floor may differ).
     post = {"calibration": str(cal), "gate": {"enabled": False}, "smoothing": {"kind": "off"},
             "blink": {"enabled": False}}  # fmt: skip
-    streamed = render_streaming(config("synthetic", post), silent, lookahead=0, frames=60)
+    streamed = render_streaming(config("synthetic-tiny", post), silent, lookahead=0, frames=60)
     assert np.abs(streamed).max() < 1e-4
 
 
@@ -247,7 +250,7 @@ def test_calibrate_noise_json_and_loud_warning(tmp_path: Path) -> None:
         noise = tmp_path / f"noise{level}.wav"
         soundfile.write(str(noise), rng.normal(0, 10 ** (level / 20), 16000 * 2).astype(np.float32), 16000)
         out = tmp_path / f"cal{level}.json"
-        res = CliRunner().invoke(main, ["calibrate", "--input", str(noise), "--model", "synthetic",
+        res = CliRunner().invoke(main, ["calibrate", "--input", str(noise), "--model", "synthetic-tiny",
                                         "-o", str(out)])  # fmt: skip
         assert res.exit_code == 0, res.output
         data = json.loads(out.read_text())
@@ -255,10 +258,10 @@ def test_calibrate_noise_json_and_loud_warning(tmp_path: Path) -> None:
         assert data["noise_db"] == pytest.approx(level, abs=1.0)
         assert ("warning" in res.stderr) == loud
     res = CliRunner().invoke(
-        main, ["calibrate", "--input", str(noise), "--model", "synthetic", "-o", "c.txt"]
+        main, ["calibrate", "--input", str(noise), "--model", "synthetic-tiny", "-o", "c.txt"]
     )
     assert res.exit_code == 2 and ".toml or .json" in res.stderr
-    bad = write_toml(tmp_path / "bad.toml", "synthetic", '[post]\ncalibration = "nope.toml"\n')
+    bad = write_toml(tmp_path / "bad.toml", "synthetic-tiny", '[post]\ncalibration = "nope.toml"\n')
     res = CliRunner().invoke(main, ["offline", str(noise), "-c", str(bad), "-o", str(tmp_path / "x.csv")])
     assert res.exit_code == 2 and "cannot read calibration file" in res.stderr
 
@@ -270,10 +273,10 @@ def test_offline_feeds_the_vad_gates(tmp_path: Path) -> None:
     vad = silero_standin(tmp_path / "silero_vad.onnx")  # stands in for the real silero_vad.onnx
     noise = tmp_path / "fan.wav"  # loud but not speech
     soundfile.write(str(noise), np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32), 16000)
-    level_only = render(config("synthetic", {"blink": {"enabled": False}}), noise)
+    level_only = render(config("synthetic-tiny", {"blink": {"enabled": False}}), noise)
     assert (level_only.values[5:, GATED] > 0).any()
-    silero = render(config("synthetic", {"gate": {"vad": "silero", "vad_model": str(vad)}}), noise)
+    silero = render(config("synthetic-tiny", {"gate": {"vad": "silero", "vad_model": str(vad)}}), noise)
     assert (silero.values[:, GATED] == 0).all()
-    ctc = render(config("synthetic", {"gate": {"vad": "ctc", "vad_threshold": 1.0}}), noise)
+    ctc = render(config("synthetic-tiny", {"gate": {"vad": "ctc", "vad_threshold": 1.0}}), noise)
     assert ctc.speech_prob is not None and ctc.speech_prob.shape == (60,)
     assert (ctc.values[:, GATED] == 0).all()  # no frame reaches probability 1

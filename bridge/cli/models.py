@@ -57,7 +57,8 @@ def models() -> None:
 
 @models.command("synth")
 @click.option("--kind", type=click.Choice(["lam", "wav2arkit"]), default="lam", show_default=True)
-@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "full", "demo"]), default="tiny", show_default=True,
+              help="tiny/full: random weights; demo: the face follows the voice (--model synthetic)")
 @click.option("--oracle", is_flag=True, help="build the oracle test model instead")
 @click.option(
     "-o",
@@ -75,7 +76,12 @@ def models_synth(kind: str, size: str, oracle: bool, out: str, seed: int) -> Non
     from bridge.modeltools.synth import synthesize
 
     click.echo(f"building {'oracle ' if oracle else ''}{kind} ({size}) ...", err=True)
-    path = synthesize(kind, size, out, oracle=oracle, seed=seed)
+    if size == "demo" and not oracle:
+        from bridge.modeltools.demo import synthesize_demo
+
+        path = synthesize_demo(kind, out)
+    else:
+        path = synthesize(kind, size, out, oracle=oracle, seed=seed)
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)

@@ -89,6 +89,13 @@ def _with_window(cfg: Any, window: float | None) -> Any:
     type=click.Choice(["60", "30"]),
     help="CSV timecode rate: 60 (default, the Live Link Face app's: the frame field steps by 2) or 30",
 )
+@click.option(
+    "--timecode",
+    "timecode",
+    metavar="stream|system|HH:MM:SS[.fff]",
+    help="CSV timecodes from: stream (default, 00:00:00 at the first row), system (the time of day the "
+    "file was recorded: its bext TimeReference, else modification time minus duration) or a start time",
+)
 @click.option("--plot", "plot_path", metavar="OUT.png", help="draw the main channels above the waveform")
 @click.option(
     "--window", type=float, metavar="SECONDS", help="model window for this render (default: model.window_s)"
@@ -109,15 +116,18 @@ def _with_window(cfg: Any, window: float | None) -> Any:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @friendly
 def offline(input_file: str, out: str | None, config_path: str | None, model: str | None, raw: bool,
-            timecode_fps: str | None, plot_path: str | None, window: float | None, compare_streaming: bool,
-            lookahead: tuple[str, ...], report_path: str | None, quiet: bool) -> None:  # fmt: skip
+            timecode_fps: str | None, timecode: str | None, plot_path: str | None, window: float | None,
+            compare_streaming: bool, lookahead: tuple[str, ...], report_path: str | None,
+            quiet: bool) -> None:  # fmt: skip
     """Render a whole audio file with full context (no latency limit) to CSV, JSON or npy.
 
     Overlapping model windows are stitched keeping each window's middle frames;
     frame k depicts audio [k/30, (k+1)/30).  The post chain of the config runs
     over the frames in order, as in realtime.
     """
+    from bridge.clock import format_time_of_day
     from bridge.engine import load_model
+    from bridge.filetime import file_start_time_of_day, parse_time_of_day
     from bridge.offline import (
         OUTPUT_SUFFIXES,
         compare,
@@ -137,9 +147,13 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
         raise BridgeError(f"-o {out}: unknown format; use a .csv, .json or .npy name")
     if report_path and not compare_streaming:
         raise BridgeError("--report needs --compare-streaming")
-    if timecode_fps and not (out and Path(out).suffix.lower() == ".csv"):
-        got = f"-o {out}" if out else "no -o"
-        raise BridgeError(f"--timecode-fps is for a Live Link Face CSV: give -o OUT.csv (got {got})")
+    for given, option in ((timecode_fps, "--timecode-fps"), (timecode, "--timecode")):
+        if given and not (out and Path(out).suffix.lower() == ".csv"):
+            got = f"-o {out}" if out else "no -o"
+            raise BridgeError(f"{option} is for a Live Link Face CSV: give -o OUT.csv (got {got})")
+    start_of_day = None
+    if timecode not in (None, "stream", "system"):
+        start_of_day = parse_time_of_day(timecode)
     for path, option in ((out, "-o"), (plot_path, "--plot"), (report_path, "--report")):
         if path:
             check_writable(path, option)  # now, not after the render
@@ -156,8 +170,12 @@ def offline(input_file: str, out: str | None, config_path: str | None, model: st
         f"-> {result.frames} frames; model {result.model}; {result.post}",
         err=True,
     )
+    if timecode == "system":
+        start_of_day, how = file_start_time_of_day(input_file, audio.duration_s)
+        click.echo(f"timecode: first row at {format_time_of_day(start_of_day, 30)} (30 fps), from {how}",
+                   err=True)  # fmt: skip
     if out:
-        write_render(out, result, int(timecode_fps) if timecode_fps else None)
+        write_render(out, result, int(timecode_fps) if timecode_fps else None, start_of_day)
         click.echo(f"wrote {out}", err=True)
     if plot_path:
         plot_render(plot_path, result)

@@ -74,6 +74,7 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
         if stats_path:
             check_writable(stats_path, "--stats")
         from bridge.engine import Bridge
+        from bridge.outputs.livelink import timecode_stats
 
         cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device,
                               model=model, realtime=False if fast else None)  # fmt: skip
@@ -83,12 +84,13 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
         phase = "run"
         log.info("%s", bridge.describe())
         stats = bridge.run(interrupt.defer()).as_dict()  # a signal now ends the run at a hop
+        stats.update(timecode_stats(bridge.outputs))  # system timecode sent: its first and last frames
     except interrupt.Interrupted as e:
         _stopped_early(e, phase, bridge, stats_path)
         raise  # not reached
     except BridgeError:
         if stats_path and bridge is not None and phase == "run":  # ended on a fault (input lost, ...)
-            write_json(stats_path, bridge.stats.as_dict())
+            write_json(stats_path, {**bridge.stats.as_dict(), **timecode_stats(bridge.outputs)})
         raise
     finally:
         if bridge is not None:

@@ -136,17 +136,34 @@ def locate_model(preset: Preset, override: str | None = None, *, fetch_missing: 
     return path
 
 
+def _built_kind(path: Path) -> str | None:
+    """The ``kind`` a built synthetic model records: a cache from before ``synthetic`` became
+    the demo model holds the tiny one under that name, or an older demo: rebuilt, not reused."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable: build it again
+        return None
+    return next((p.value for p in model.metadata_props if p.key == "kind"), None)
+
+
 def build_synthetic(preset: Preset) -> Path:
     """Build a synthetic preset's model on first use; later runs reuse the file."""
     assert preset.synthetic is not None
     family, size, oracle = preset.synthetic
+    from bridge.modeltools.synth import model_kind, synthesize
+
     path = home_dir() / "synthetic" / f"{preset.name}.onnx"
-    if path.is_file():
+    if path.is_file() and _built_kind(path) == model_kind(size, oracle):
         return path
-    from bridge.modeltools.synth import synthesize
 
     if size == "full":
         print(f"building the {preset.name} model once into {path} ...", file=sys.stderr)
+    if size == "demo" and not oracle:
+        from bridge.modeltools.demo import synthesize_demo
+
+        return synthesize_demo(family, path)
     return synthesize(family, size, path, oracle=oracle)
 
 

@@ -34,7 +34,8 @@ class Preset:
     summary: str
     repo: str | None = None  #: hub repository for real models
     files: tuple[str, ...] = ()  #: graph file first, then external data, relative to the repo
-    synthetic: tuple[str, str, bool] | None = None  #: (family, size, oracle) for built models
+    #: (family, size, oracle) for built models; size "tiny" | "full" (random weights) | "demo"
+    synthetic: tuple[str, str, bool] | None = None
     revision: str = "main"  #: hub branch, tag or commit
     sizes: tuple[str, ...] = ()  #: per file, as the seed card lists them (documentation only)
     warning: str | None = None  #: logged whenever the preset is loaded
@@ -85,8 +86,10 @@ PRESETS: dict[str, Preset] = {
         Preset("wav2arkit", WAV2ARKIT, "wav2arkit_cpu, the lighter fallback (fp32)",
                repo=WAV2ARKIT_REPO, files=("wav2arkit_cpu.onnx", "wav2arkit_cpu.onnx.data"),
                sizes=("1.86 MB", "402 MB")),
-        Preset("synthetic", LAM, "tiny synthetic LAM (random weights, same interface): "
-               "tries the pipeline offline", synthetic=("lam", "tiny", False)),
+        Preset("synthetic", LAM, "demo LAM (built from band energies, no download): the face "
+               "follows the voice; tries the pipeline offline", synthetic=("lam", "demo", False)),
+        Preset("synthetic-tiny", LAM, "tiny synthetic LAM (random weights, same interface), for tests",
+               synthetic=("lam", "tiny", False)),
         Preset("synthetic-full", LAM, "synthetic LAM with wav2vec2-base compute, for benchmarks",
                synthetic=("lam", "full", False)),
         Preset("synthetic-wav2arkit", WAV2ARKIT, "tiny synthetic wav2arkit",

@@ -53,6 +53,15 @@ ORACLE_IDENTITY_STEP: float = 1 / 1024
 
 Family = Literal["lam", "wav2arkit"]
 Size = Literal["tiny", "full"]
+#: Bumped whenever the demo graph changes, so a cached build of an older one is rebuilt.
+DEMO_VERSION = 2
+
+
+def model_kind(size: str, oracle: bool = False) -> str:
+    """The ``kind`` metadata a built synthetic model records (the cache checks it)."""
+    if oracle:
+        return "oracle"
+    return f"demo-{DEMO_VERSION}" if size == "demo" else size
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +545,11 @@ def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = T
 
 def synthesize(family: str, size: str, path: str | Path, *, oracle: bool = False,
                seed: int = 0) -> Path:  # fmt: skip
-    """Build a synthetic model (or the 1 s oracle of ``family``) and save it with external data."""
+    """Build a synthetic model (or the 1 s oracle of ``family``) and save it with external data.
+
+    ``size`` is ``tiny`` or ``full`` (random weights); the demo model is
+    :func:`bridge.modeltools.demo.synthesize_demo`'s.
+    """
     if family not in ("lam", "wav2arkit"):
         raise ValueError(f"family {family!r} is not known; allowed: lam, wav2arkit")
     if oracle:

@@ -72,7 +72,8 @@ def build_output(cfg: OutputConfig, performers: Sequence[tuple[int, str | None]]
     first = served[0][0]
     several = len(served) > 1
     if cfg.kind == "livelink":
-        ll = {i: LiveLinkEncoder(subject, cfg.device_id, cfg.mirror) for i, subject in served}
+        ll = {i: LiveLinkEncoder(subject, cfg.device_id, cfg.mirror, timecode=cfg.timecode)
+              for i, subject in served}  # fmt: skip
         name = f"livelink {cfg.host}:{port}"
         return Output(name, ll[first], UdpTransport(cfg.host, port, label="livelink"), routes=ll)
     if cfg.kind == "osc":

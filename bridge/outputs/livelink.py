@@ -6,8 +6,14 @@ Layout (all big-endian; see docs/wire-formats.md)::
     | int32 frame | float32 sub-frame | int32 fps num | int32 fps den | uint8 count=61
     | 61 x float32 (52 blendshapes in Epic order, then 9 head / eye values)
 
-Everything but the frame number and the 61 floats is fixed per output, so the packet is
-built once and only those two regions are patched per frame.
+Everything but the frame time and the 61 floats is fixed per output, so the packet is
+built once and only those regions are patched per frame.
+
+Frame time (``timecode``): ``stream`` sends the frame's number on the audio clock (0, 1, 2,
+...; sub-frame 0); ``system`` sends the time of day its audio was captured at 30 fps, as
+the phone app does: frame = frames since local midnight, sub-frame = the fraction.  Unreal
+turns (frame, sub-frame, rate) into the Live Link frame's scene time, which Take Recorder
+records and a Live Link timecode provider follows (docs/wire-formats.md).
 
 The device id defaults to a 36-character UUID like the phone app's (:func:`default_device_id`):
 Unreal takes any id, but receivers written against the app read a fixed 36-byte id
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bridge.blendshapes import LIVELINK_NAMES, NUM_BLENDSHAPES, mirror_permutation
+from bridge.clock import WallClock, format_time_of_day, wall_clock
 from bridge.frame import FPS, FaceFrame
 from bridge.outputs.base import inverse_permutation, wrap_int32
 
@@ -35,6 +42,10 @@ _HEAD = VALUE_COUNT - NUM_BLENDSHAPES  # 9
 FIXED_SIZE = 270
 
 _FRAME = struct.Struct(">i")
+_FRAME_TIME = struct.Struct(">if")  # frame, sub-frame
+#: A frame's audio starts one frame before its capture time (that of its last sample).
+FRAME_S = 1.0 / FPS
+TIMECODES = ("stream", "system")
 _TAIL = struct.Struct(">ifiiB")  # frame, sub-frame, fps num, fps den, value count
 
 #: Length of the phone app's device id, a UUID string ``8-4-4-4-12``.
@@ -100,11 +111,25 @@ class LiveLinkEncoder:
     ``device_id`` None means :func:`default_device_id` (a UUID for this machine and subject);
     a configured id is sent as given, with a warning when receivers built for the app
     cannot read it (not 36 bytes).
+
+    ``timecode = "system"`` stamps each frame with the local time of day of its first
+    audio sample (its ``capture_time``, that of its last sample, minus one frame: the
+    instant the stream mode's ``number / 30`` also means), through ``clock`` (default the
+    process's :func:`~bridge.clock.wall_clock`): no clock is read per frame, the stamp is a
+    function of the frame's own capture time.  ``first_stamp`` / ``last_stamp`` are the Unix
+    times of the first and last frames stamped so (for ``--stats``).
     """
 
     def __init__(
-        self, subject: str, device_id: str | None = None, mirror: bool = False, *, prefix: bytes = b""
-    ) -> None:
+        self, subject: str, device_id: str | None = None, mirror: bool = False, *, prefix: bytes = b"",
+        timecode: str = "stream", clock: WallClock | None = None,
+    ) -> None:  # fmt: skip
+        if timecode not in TIMECODES:
+            raise ValueError(f"timecode {timecode!r}: allowed {', '.join(TIMECODES)}")
+        self.timecode = timecode
+        self.clock = (clock or wall_clock()) if timecode == "system" else None
+        self.first_stamp: float | None = None
+        self.last_stamp: float | None = None
         if device_id is None:
             device_id = default_device_id(subject)
         elif len(device_id.encode()) != APP_DEVICE_ID_LENGTH:
@@ -150,8 +175,17 @@ class LiveLinkEncoder:
         return len(self._buf)
 
     def encode_view(self, frame: FaceFrame) -> memoryview:
-        """Patch frame number and values into the buffer; return a view of it."""
-        _FRAME.pack_into(self._buf, self._frame_at, wrap_int32(frame.number))
+        """Patch frame time and values into the buffer; return a view of it."""
+        clock = self.clock
+        if clock is None:
+            _FRAME.pack_into(self._buf, self._frame_at, wrap_int32(frame.number))
+        else:
+            start = frame.capture_time - FRAME_S
+            number, sub = clock.time_of_day_frames(start, FPS)
+            _FRAME_TIME.pack_into(self._buf, self._frame_at, number, sub)
+            self.last_stamp = clock.monotonic_to_unix(start)
+            if self.first_stamp is None:
+                self.first_stamp = self.last_stamp
         self._shapes[self._shape_dst] = frame.values
         self._head[self._head_dst] = frame.head
         return self._view
@@ -159,3 +193,32 @@ class LiveLinkEncoder:
     def encode(self, frame: FaceFrame) -> bytes:
         """Like :meth:`encode_view`, as an independent ``bytes`` copy."""
         return bytes(self.encode_view(frame))
+
+
+def timecode_summary(encoders: list[LiveLinkEncoder]) -> dict[str, object] | None:
+    """What ``--stats`` records of the system timecode sent: the first and last frames' time
+    of day (30 fps, ``HH:MM:SS:FF.fff``) and Unix time, over ``encoders`` that use it."""
+    stamped = [e for e in encoders if e.clock is not None and e.first_stamp is not None]
+    if not stamped:
+        return None
+    first = min(e.first_stamp for e in stamped if e.first_stamp is not None)
+    last = max(e.last_stamp for e in stamped if e.last_stamp is not None)
+    clock = stamped[0].clock
+    assert clock is not None
+    return {
+        "mode": "system",
+        "fps": FPS,
+        "first_frame": format_time_of_day(clock.seconds_of_day(first), FPS),
+        "last_frame": format_time_of_day(clock.seconds_of_day(last), FPS),
+        "first_frame_unix": round(first, 6),
+        "last_frame_unix": round(last, 6),
+        "unix_minus_monotonic_s": round(clock.offset, 6),
+    }
+
+
+def timecode_stats(outputs: list[object]) -> dict[str, object]:
+    """``{"timecode": ...}`` for ``--stats`` when some Live Link output sends system timecode."""
+    encoders = [e for o in outputs for e in getattr(o, "encoders", {}).values()
+                if isinstance(e, LiveLinkEncoder)]  # fmt: skip
+    summary = timecode_summary(encoders)
+    return {"timecode": summary} if summary else {}
