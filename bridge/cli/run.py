@@ -58,7 +58,7 @@ def _stopped_early(e: interrupt.Interrupted, phase: str, bridge: Any, stats_path
     "console_port",
     is_flag=False,
     flag_value=-1,
-    type=click.IntRange(-1, 65535),
+    type=int,
     default=None,
     metavar="[PORT]",
     help="serve the live console (default port 8766, [console] port) and OSC control ([control])",
@@ -129,6 +129,9 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
 def _with_console(cfg: Any, port: int) -> Any:
     """``--console [PORT]``: the web console on, OSC control on, the port if given."""
     import dataclasses
+
+    if not -1 <= port <= 65535:
+        raise BridgeError(f"--console {port}: a port is 1..65535 (0: any free port)")
 
     console = dataclasses.replace(cfg.console, enabled=True, **({"port": port} if port >= 0 else {}))
     return cfg.replace(console=console, control=dataclasses.replace(cfg.control, enabled=True))
