@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,12 +38,10 @@ class Control:
         self.osc: Any = None
         self.terminal: Any = None
         self.token = ""
-        self.last_turn = 0.0
 
     # ---- the hop loop's side ---------------------------------------------------------
     def apply(self) -> None:
         """Between hops: run the waiting commands (nothing to do is one queue check)."""
-        self.last_turn = time.monotonic()
         if self.commands.waiting():
             self.commands.apply(self.live.execute, self.bridge.performers[0].scheduler.next_frame)
 
