@@ -271,3 +271,61 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
             Bridge(parse_config(cfg, "t.toml"), raw=True)
     finally:
         busy.close()
+
+
+def test_commands_per_performer_leave_the_other_alone(tmp_path: Path) -> None:
+    """Two performers on the channels of one file, of different post structures (alice has a
+    silence gate, bob none): per-performer commands reach only their performer's subject."""
+    import numpy as np
+    import soundfile
+
+    from bridge.config import parse_config
+    from bridge.engine import Bridge
+    from tests.console_bridge import Running, config
+    from tests.receivers import LiveLinkReceiver
+
+    wav = tmp_path / "two.wav"
+    n = 60 * 16000
+    soundfile.write(str(wav), np.stack([np.full(n, 0.2, np.float32), np.full(n, 0.3, np.float32)], 1),
+                    16000, subtype="FLOAT")  # fmt: skip
+    off = {"smoothing": {"kind": "off"}, "blink": {"enabled": False}}
+    perf = [{"name": "alice", "subject": "Alice", "post": {**off, "gate": {"enabled": True}},
+             "input": {"kind": "file", "file": str(wav), "channel": 0, "realtime": True}},
+            {"name": "bob", "subject": "Bob", "post": {**off, "gate": {"enabled": False}},
+             "input": {"kind": "file", "file": str(wav), "channel": 1, "realtime": True}}]  # fmt: skip
+    receiver = LiveLinkReceiver()
+    doc = config(wav, receiver.port, performers=perf)
+    del doc["input"]
+    bridge = Bridge(parse_config(doc, "two.toml"))
+    r = Running(bridge, receiver)
+    r.thread.start()
+
+    def last(subject: str) -> dict:
+        return next(p for p in reversed(list(receiver.packets)) if p["subject"] == subject)
+
+    try:
+        r.wait_frames(10)
+        status, body = r.post({"command": "mute", "value": 1, "performer": "alice"})
+        assert status == 200 and body["command"] == "mute 1 for alice"
+        r.packets_from(body["frame"] + 4, 4)
+        assert last("Alice")["values"][JAW] == 0.0
+        assert last("Bob")["values"][JAW] == pytest.approx(oracle(0.3, "jawOpen"), abs=2e-3)
+        status, body = r.post({"command": "gate", "value": -30, "performer": "bob"})
+        assert status == 400 and "the gate stage is off for bob" in body["error"]
+        status, body = r.post({"command": "gate", "value": -30})  # every performer: bob has none
+        assert status == 400
+        status, body = r.post({"command": "gate", "value": -5, "performer": "alice"})
+        assert status == 200
+        status, body = r.post({"command": "mute", "value": 0, "performer": "1"})  # bob, by index
+        assert status == 200 and body["command"] == "mute 0 for bob"
+        state = r.get("/api/state")[1]
+        assert [p["settings"]["mute"] for p in state["performers"]] == [True, False]
+        alice, bob = (p["settings"] for p in state["performers"])
+        assert alice["gate"] == -5.0 and "gate" not in bob
+        assert [p["level_dbfs"] for p in state["performers"]] == pytest.approx([-14.0, -10.5], abs=0.1)
+    finally:
+        r.stop.set()
+        r.thread.join(10)
+        bridge.close()
+        receiver.close()
+    assert r.error is None
