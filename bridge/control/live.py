@@ -158,7 +158,7 @@ class LiveControls:
         if ctx.rows is None:
             st.post[...] = values[:, -1]
             st.rms[...] = ctx.rms[:, -1]
-            st.frame[...] = np.asarray(ctx.first_frame) + (f - 1)
+            np.add(ctx.first_frame, f - 1, out=st.frame)
             if peak is not None:
                 np.maximum(st.peak, peak, out=st.peak)  # the console takes (and resets) the peak
             if ctx.speech_prob is not None:
