@@ -59,6 +59,7 @@ class WebConsole:
         self._error: str | None = None
         self._stop: asyncio.Event | None = None
         self.clients = 0
+        self._message: tuple[Any, str] | None = None
 
     # ---- life --------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +176,15 @@ class WebConsole:
 
         return {**self.control.monitor.snapshot(), "names": NAMES, "presets": list(PRESETS)}
 
+    def _state_message(self) -> str:
+        """The state as a WebSocket message, serialised once per snapshot for every client."""
+        snap = self.control.monitor.snapshot()
+        cached = self._message
+        if cached is None or cached[0] is not snap:
+            doc = {"type": "state", **self._state_doc()}
+            cached = self._message = (snap, json.dumps(doc, separators=(",", ":")))
+        return cached[1]
+
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(self._state_doc())
 
@@ -226,8 +236,7 @@ class WebConsole:
         async def push() -> None:
             try:
                 while not ws.closed:
-                    doc = {"type": "state", **self._state_doc()}
-                    await ws.send_str(json.dumps(doc, separators=(",", ":")))
+                    await ws.send_str(self._state_message())
                     await asyncio.sleep(1.0 / PUSH_HZ)
             except (ConnectionError, RuntimeError):  # the browser went away mid-send
                 pass
