@@ -172,3 +172,31 @@ def test_configured_token_is_checked(tmp_path: Path) -> None:
     wav = write_levels(tmp_path / "x.wav", [(1.0, 0.1)])
     with pytest.raises(BridgeError, match="console.token .*must be at least 16"):
         parse_config(config(wav, 9, console={"token": "short"}), "t.toml")
+
+
+def test_an_open_websocket_does_not_hold_up_the_bridge_closing(tmp_path: Path) -> None:
+    """Ctrl-C ends a run within a second: a browser left open must not keep the server up."""
+    import threading
+
+    closed = threading.Event()
+
+    async def client(url: str) -> None:
+        async with aiohttp.ClientSession() as s, s.ws_connect(url + "/ws") as ws:
+            async for _msg in ws:  # until the server closes it
+                pass
+        closed.set()
+
+    with running(tmp_path) as r:
+        t = threading.Thread(target=lambda: asyncio.run(client(r.url.replace("http", "ws"))), daemon=True)
+        t.start()
+        deadline = time.monotonic() + 5
+        while r.bridge.control.web.clients == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert r.bridge.control.web.clients == 1
+        r.stop.set()
+        r.thread.join(5)
+        t0 = time.monotonic()
+        r.bridge.control.close()
+        assert time.monotonic() - t0 < 1.0
+        assert closed.wait(2.0)  # the browser was told (close code 1001), not left hanging
+        t.join(2)

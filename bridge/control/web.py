@@ -22,7 +22,7 @@ import threading
 from importlib import resources
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from bridge.control.access import is_loopback, token_matches
 from bridge.control.commands import CommandError
@@ -59,6 +59,7 @@ class WebConsole:
         self._error: str | None = None
         self._stop: asyncio.Event | None = None
         self.clients = 0
+        self._sockets: set[web.WebSocketResponse] = set()
         self._message: tuple[Any, str] | None = None
 
     # ---- life --------------------------------------------------------------------------
@@ -97,9 +98,11 @@ class WebConsole:
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
+        app.on_shutdown.append(self._close_sockets)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        # a browser left open must not hold up the bridge's exit (Ctrl-C ends a run within a second)
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, shutdown_timeout=0.5)
         try:
             await site.start()
         except OSError as e:
@@ -117,6 +120,11 @@ class WebConsole:
         self._ready.set()
         await self._stop.wait()
         await runner.cleanup()
+
+    async def _close_sockets(self, _app: web.Application) -> None:
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=WSCloseCode.GOING_AWAY, message=b"bridge stopping"), 0.5)
 
     def close(self) -> None:
         loop, stop = self._loop, self._stop
@@ -231,6 +239,7 @@ class WebConsole:
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=16 * 1024)
         await ws.prepare(request)
         self.clients += 1
+        self._sockets.add(ws)
         origin = f"ws {request.remote}"
 
         async def push() -> None:
@@ -259,6 +268,7 @@ class WebConsole:
         finally:
             pusher.cancel()
             self.clients -= 1
+            self._sockets.discard(ws)
         return ws
 
 
