@@ -99,10 +99,10 @@ class WebConsole:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
         app.on_shutdown.append(self._close_sockets)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         # a browser left open must not hold up the bridge's exit (Ctrl-C ends a run within a second)
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, shutdown_timeout=0.5)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         try:
             await site.start()
         except OSError as e:
