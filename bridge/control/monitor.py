@@ -104,7 +104,8 @@ class Monitor:
         recent_frames = sample[1] - old[1]
         recent_inf = sample[5] - old[5]
         recent_drops = sample[2] - old[2]
-        fps = round(recent_frames / dt, 1) if len(self._samples) > 1 else None
+        # frames per second of one face (every performer's frames, averaged over performers)
+        fps = round(recent_frames / dt / len(b.performers), 1) if len(self._samples) > 1 else None
         peaks = st.take_peak()
         self._clip_until[peaks >= CLIP_PEAK] = now + CLIP_HOLD_S
         flowing = self._flowing(now)
