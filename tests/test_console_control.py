@@ -323,6 +323,8 @@ def test_commands_per_performer_leave_the_other_alone(tmp_path: Path) -> None:
         alice, bob = (p["settings"] for p in state["performers"])
         assert alice["gate"] == -5.0 and "gate" not in bob
         assert [p["level_dbfs"] for p in state["performers"]] == pytest.approx([-14.0, -10.5], abs=0.1)
+        time.sleep(0.5)
+        assert 20 < r.get("/api/state")[1]["frames"]["fps"] < 40  # one face's rate, not the sum
     finally:
         r.stop.set()
         r.thread.join(10)
