@@ -276,6 +276,7 @@ class Bridge:
         # the live console: settings and hooks always; its servers when configured
         self.control = Control(self, lambda name: LoadedModel(_load_preset(cfg.model, name, None, len(cast)),
                                                               name))
+        self.post = self.control.live.around(self.post)  # the console's hooks around the chain
         try:
             self.control_lines = self.control.start(cfg)
         except BaseException:
@@ -609,9 +610,7 @@ class Bridge:
             values, ctx = self.batch.block(out, rows, part, lo, stride)
             texts = self._speech(part, rows, logits, frames, lo, stride, ctx)
             self.guard.check(values, ctx.speech_prob, ctx.first_frame, ctx.rows)
-            self.control.live.before_post(values, ctx)
             self.post.process(values, ctx)
-            self.control.live.after_post(values, ctx)
             w, now = self._publish(part, rows, values, ctx, texts)
             worst_ms = max(worst_ms, w)
         return worst_ms, now

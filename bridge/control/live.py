@@ -1,7 +1,8 @@
 """Live settings the console changes while the bridge runs, and the hop loop's two hooks.
 
-The engine calls :meth:`LiveControls.before_post` on each post block (the model's values,
-before the chain) and :meth:`LiveControls.after_post` after the chain.  They
+The engine runs its post chain wrapped in a :class:`LivePost`, which calls
+:meth:`LiveControls.before_post` on each block (the model's values, before the chain) and
+:meth:`LiveControls.after_post` after the chain.  They
 
 * keep the newest raw and post-processed values, level, peak and speech of each performer
   in preallocated arrays (:class:`~bridge.control.state.LiveState`) that the console
@@ -31,7 +32,7 @@ from bridge.blendshapes import NUM_BLENDSHAPES, canonical_index
 from bridge.control.commands import Capabilities, Command, CommandError, output_ids
 from bridge.control.state import LiveState
 from bridge.frame import FPS
-from bridge.post.base import FrameContext, Scratch
+from bridge.post.base import FrameContext, Scratch, as_batch
 from bridge.post.blink import Blinks
 from bridge.post.calibration import MAX_FLOOR, Calibration
 from bridge.post.gate import MOUTH_CHANNELS, SilenceGate, db_to_rms
@@ -67,6 +68,25 @@ class _Recording:
         self.values: list[np.ndarray] = []
         self.rms: list[np.ndarray] = []
         self.count = 0
+
+
+class LivePost:
+    """The post chain as the engine runs it: the console's hooks around it, everything else the
+    chain's own (its stages, ``find``, ``restart``, ``delays``, ``describe``)."""
+
+    def __init__(self, chain: Any, live: LiveControls) -> None:
+        self.chain = chain
+        self.live = live
+
+    def process(self, values: np.ndarray, ctx: FrameContext) -> None:
+        values3, bctx = as_batch(values, ctx)
+        assert bctx is not None
+        self.live.before_post(values3, bctx)
+        self.chain.process(values, ctx)
+        self.live.after_post(values3, bctx)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.chain, name)
 
 
 class LiveControls:
@@ -116,6 +136,10 @@ class LiveControls:
             if found is not None:
                 return found
         return None
+
+    def around(self, chain: Any) -> LivePost:
+        """``chain`` with this object's hooks around its ``process``."""
+        return LivePost(chain, self)
 
     # ---- the hop loop's hooks --------------------------------------------------------
     def _indices(self, ctx: FrameContext) -> np.ndarray:
