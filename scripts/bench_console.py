@@ -67,8 +67,7 @@ def run(wav: Path, seconds: float, mode: str) -> dict:
     bridge = Bridge(parse_config(_config(wav, sink.getsockname()[1], mode == "console + browser"), "bench"),
                     duration=seconds)  # fmt: skip
     if mode == "no hooks":
-        live = bridge.control.live
-        live.before_post = live.after_post = lambda values, ctx: None  # type: ignore[method-assign]
+        bridge.post = bridge.post.chain  # the chain without the console's wrapper
         bridge.control.apply = lambda: None  # type: ignore[method-assign]
     driver, stop = None, threading.Event()
     scraper = None
