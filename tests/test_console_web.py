@@ -200,3 +200,16 @@ def test_an_open_websocket_does_not_hold_up_the_bridge_closing(tmp_path: Path) -
         assert time.monotonic() - t0 < 1.0
         assert closed.wait(2.0)  # the browser was told (close code 1001), not left hanging
         t.join(2)
+
+
+def test_clipping_input_lights_the_clip_light_and_warns(tmp_path: Path) -> None:
+    with running(tmp_path, segments=[(60.0, 1.0)]) as r:  # full scale
+        deadline = time.monotonic() + 3
+        state = r.get("/api/state")[1]
+        while not state["performers"][0]["clip"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = r.get("/api/state")[1]
+        p = state["performers"][0]
+        assert p["clip"] and p["peak_dbfs"] == 0.0
+        assert any("input clipping" in w for w in state["warnings"])
+        assert any("input clipping" in e["warning"] for e in state["events"])
