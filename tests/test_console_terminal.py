@@ -86,3 +86,13 @@ def test_status_line_contents() -> None:
     assert a.startswith("alice ") and "speech" in a and "30.0 fps" in a and "p95   12.5 ms" in a
     assert "outputs 1/2 ok" in a
     assert b.startswith("bob   ") and b.endswith("CLIP INPUT LOST MUTED")
+
+
+def test_console_option_with_a_bad_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    wav = write_levels(tmp_path / "x.wav", [(1.0, 0.2)])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["run", "--model", "oracle", "--input", str(wav), "--console", "70000"]
+    done = subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, env=env,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "a2e-bridge: error: --console 70000: a port is 1..65535 (0: any free port)"
