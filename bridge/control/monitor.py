@@ -10,6 +10,7 @@ frames dropped lately.  Readers share one snapshot per ``MIN_INTERVAL_S``.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ RAW_CHANNELS = ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthSmi
                 "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthLowerDownLeft",
                 "mouthUpperUpLeft")  # fmt: skip
 _RAW_IDX = [canonical_index(n) for n in RAW_CHANNELS]
+_DIGITS = re.compile(r"-?\d+(\.\d+)?")
 
 
 def _hist(h: Any) -> np.ndarray:
@@ -208,11 +210,12 @@ class Monitor:
             out.append(f"running {fb['to']} instead of {fb['from']}: {fb['reason']}")
         if not doc["flowing"]:
             out.append("no frames are flowing")
-        current = set(out)
-        for w in out:
-            if w not in self._active and not w.startswith("input silent"):
+        # an event when a warning begins; its figures (seconds, counts) may change meanwhile
+        current = {_DIGITS.sub("#", w): w for w in out}
+        for key, w in current.items():
+            if key not in self._active:
                 self.events.append({"time": round(time.time(), 3), "warning": w})
-        self._active = current
+        self._active = set(current)
         return out
 
     def _health(self, doc: dict[str, Any]) -> dict[str, Any]:
