@@ -157,6 +157,7 @@ class HeadMotion:
         self._last_frame = np.full(1, -1, dtype=np.int64)  # -1: none seen yet (frames are >= 0)
         #: per performer: head motion on (the console's ``head`` command turns a performer's off)
         self.active = np.ones(1, dtype=bool)
+        self._all_active = True
         #: Frame numbers at which a saccade happened, per performer (diagnostics and tests).
         self.saccades_by_performer: list[list[int]] = [[]]
         self._scratch = Scratch()
@@ -251,12 +252,13 @@ class HeadMotion:
         """Head motion on or off for performer ``row`` from the next frame on (off: the head
         and eyes rest at 0)."""
         self.active[row] = on
+        self._all_active = bool(self.active.all())
 
     def process(self, values: np.ndarray, ctx: FrameContext) -> None:
         if not self.enabled:
             return
         self._process(values, ctx)
-        if not self.active.all():
+        if not self._all_active:
             _values, bctx = as_batch(values, ctx)
             if bctx is not None and bctx.head is not None:
                 off = ~(self.active if bctx.rows is None else self.active[bctx.rows])
