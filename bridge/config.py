@@ -152,6 +152,8 @@ BOUNDS: dict[str, Bound] = {
     "post.head.saccade_pitch_deg": Bound(0, 30, "degrees"),
     "post.head.saccade_min_s": Bound(0.05, 60, "s"),
     "post.head.saccade_max_s": Bound(0.05, 60, "s"),
+    "console.port": Bound(0, 65535, note="0 = any free port"),
+    "control.osc_port": Bound(0, 65535, note="0 = any free port"),
     "output.port": Bound(1, 65535),
     "output.range": Bound(-1e6, 1e6),
     "output.threshold": Bound(0, 1e6, note="output units"),
@@ -531,6 +533,33 @@ def subjectless(out: OutputConfig) -> bool:
     return out.kind in SINGLE_PERFORMER_KINDS or (out.kind == "osc" and out.scheme == "vmc")
 
 
+def _token(v: str) -> str | None:
+    if v and (len(v) < 16 or not all(c.isalnum() or c in "-_." for c in v)):
+        return "must be at least 16 letters, digits, '-', '_' or '.' (or empty: one is generated)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The live web console (docs/console.md): a page, its WebSocket, /api, /metrics, /health."""
+
+    enabled: bool = _opt(False, doc="serve the console while running (or `run --console [PORT]`)")
+    host: str = _opt("127.0.0.1", doc="address it listens on; anything but loopback requires the token")
+    port: int = _opt(8766, doc="HTTP port (0 = any free port)")
+    token: str = _opt(
+        "", _token, "access token off loopback; empty: one is generated and printed once at start"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """OSC control: the console's command set from QLab, TouchDesigner, a lighting desk."""
+
+    enabled: bool = _opt(False, doc="listen for OSC commands /a2e/... (`run --console` turns it on too)")
+    host: str = _opt("127.0.0.1", doc="address it listens on; anything but loopback requires the token")
+    osc_port: int = _opt(9002, doc="UDP port of the OSC command server (0 = any free port)")
+
+
 @dataclass(frozen=True, slots=True)
 class BridgeConfig:
     """The whole configuration of one daemon."""
@@ -546,6 +575,8 @@ class BridgeConfig:
     )
     #: empty: one performer made of ``input`` and ``post`` (see :attr:`cast`)
     performers: tuple[PerformerConfig, ...] = ()
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     source: str = "<defaults>"
 
     def replace(self, **changes: Any) -> BridgeConfig:
@@ -567,7 +598,7 @@ class BridgeConfig:
 
 
 _SECTIONS = {"input": InputConfig, "model": ModelConfig, "schedule": ScheduleConfig,
-             "post": PostConfig}  # fmt: skip
+             "post": PostConfig, "console": ConsoleConfig, "control": ControlConfig}  # fmt: skip
 
 
 def load_config(path: str | Path | None) -> BridgeConfig:

@@ -31,6 +31,7 @@ from bridge.audio.base import AudioSource
 from bridge.audio.liveness import LOOK_EVERY_S, InputWatch, Loss
 from bridge.blendshapes import resolve_order
 from bridge.config import BridgeConfig, InputConfig, ModelConfig, PerformerConfig, _capture_key
+from bridge.control import Control
 from bridge.errors import BridgeError
 from bridge.frame import FPS, SAMPLE_RATE, frame_end_sample
 from bridge.model.fallback import FallbackEvent, FallbackSwitch
@@ -267,6 +268,17 @@ class Bridge:
         self.batches = 0  #: model calls made for due performers
         self.batch_rows = 0  #: windows in them, over all calls
         self.batch_max = 0
+        # the live console: settings and hooks always; its servers when configured
+        self.control = Control(self, lambda name: LoadedModel(_load_preset(cfg.model, name, None, len(cast)),
+                                                              name))
+        self.post = self.control.live.around(self.post)  # the console's hooks around the chain
+        try:
+            self.control_lines = self.control.start(cfg)
+        except BaseException:
+            for s in sources:
+                s.stop()
+            self.close()
+            raise
 
     def _source(self, members: list[PerformerConfig], duration: float | None, several: bool) -> AudioSource:
         """The one source ``members`` share; with several performers, a refusal names them
@@ -332,6 +344,7 @@ class Bridge:
                 g.watch.start(time.monotonic())
             while not stop.is_set():
                 t_busy, c_busy = time.perf_counter(), time.thread_time()
+                self.control.apply()  # console commands, between hops
                 wait = self._step()
                 stats.busy_s += time.perf_counter() - t_busy
                 stats.busy_cpu_s += time.thread_time() - c_busy
@@ -614,6 +627,8 @@ class Bridge:
         return gap or waited > self._held_up_s or outside > self._held_up_s
 
     def _log_status(self) -> None:
+        if self.control.terminal_active:  # the terminal's status lines say it
+            return
         s = self.stats
         nonfinite = f", {self.guard.describe()}" if self.guard.frames else ""
         dropped = sum(p.scheduler.dropped for p in self.performers)
@@ -671,5 +686,8 @@ class Bridge:
         return doc
 
     def close(self) -> None:
+        control = getattr(self, "control", None)
+        if control is not None:
+            control.close()
         for o in self.outputs:
             o.close()

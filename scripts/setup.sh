@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install what a fresh Debian/Ubuntu machine lacks, then the package.
 #   scripts/setup.sh          runtime only (PortAudio for device capture)
-#   scripts/setup.sh --test   plus JACK + the ALSA plugins for the virtual microphone, and pytest/ruff
+#   scripts/setup.sh --test   plus JACK + the ALSA plugins for the virtual microphone, chromium +
+#                             chromium-driver for the console's browser test, and pytest/ruff/selenium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=""
 apt_pkgs=(libportaudio2 libsndfile1)
 if [[ "${1:-}" == "--test" ]]; then
   extra="[test]"
-  apt_pkgs+=(jackd2 libasound2-plugins)
+  apt_pkgs+=(jackd2 libasound2-plugins chromium chromium-driver)  # chromium: the console's browser test
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -53,11 +53,21 @@ def _stopped_early(e: interrupt.Interrupted, phase: str, bridge: Any, stats_path
 @click.option("--raw", is_flag=True, help="bypass all post-processing")
 @click.option("--fast", is_flag=True, help="file input: as fast as possible, not real time")
 @click.option("--stats", "stats_path", metavar="FILE", help="write a JSON summary here on exit")
+@click.option(
+    "--console",
+    "console_port",
+    is_flag=False,
+    flag_value=-1,
+    type=int,
+    default=None,
+    metavar="[PORT]",
+    help="serve the live console (default port 8766, [console] port) and OSC control ([control])",
+)
 @click.option("-v", "--verbose", is_flag=True)
 @friendly(arm=False)
 def run(config_path: str | None, input_file: str | None, device: str | None, model: str | None,
         duration: float | None, raw: bool, fast: bool, stats_path: str | None,
-        verbose: bool) -> None:  # fmt: skip
+        console_port: int | None, verbose: bool) -> None:  # fmt: skip
     """Run the bridge until the input ends, --duration passes, or Ctrl-C."""
     setup_logging(verbose)
     if not interrupt.installed():  # entered other than through bridge/__main__.py
@@ -78,11 +88,17 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
 
         cfg = apply_overrides(load_config(config_path), input_file=input_file, device=device,
                               model=model, realtime=False if fast else None)  # fmt: skip
+        if console_port is not None:
+            cfg = _with_console(cfg, console_port)
         phase = "load"
         bridge = Bridge(cfg, raw=raw, duration=duration)
         interrupt.check()  # in case a library swallowed the signal while loading
         phase = "run"
         log.info("%s", bridge.describe())
+        for line in bridge.control_lines:  # the console's URL (and its token, once)
+            log.info("%s", line)
+        if sys.stdout.isatty():
+            bridge.control.start_terminal()
         stats = bridge.run(interrupt.defer()).as_dict()  # a signal now ends the run at a hop
         stats.update(timecode_stats(bridge.outputs))  # system timecode sent: its first and last frames
     except interrupt.Interrupted as e:
@@ -110,6 +126,17 @@ def run(config_path: str | None, input_file: str | None, device: str | None, mod
     if stats_path:
         with interrupt.exiting():
             write_json(stats_path, stats)
+
+
+def _with_console(cfg: Any, port: int) -> Any:
+    """``--console [PORT]``: the web console on, OSC control on, the port if given."""
+    import dataclasses
+
+    if not -1 <= port <= 65535:
+        raise BridgeError(f"--console {port}: a port is 1..65535 (0: any free port)")
+
+    console = dataclasses.replace(cfg.console, enabled=True, **({"port": port} if port >= 0 else {}))
+    return cfg.replace(console=console, control=dataclasses.replace(cfg.control, enabled=True))
 
 
 @click.command()

@@ -86,6 +86,16 @@ class FallbackSwitch:
             self._thread = threading.Thread(target=self._load_in_background, name="a2e-fallback", daemon=True)
             self._thread.start()
 
+    def request(self, load: Callable[[], Any], reason: str) -> bool:
+        """Load another model on the background thread now (the console's ``model``
+        command) and hand it over at a hop like a fallback; False while a load is under way."""
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        self._load, self.reason, self.first_miss = load, reason, time.monotonic()
+        self._thread = threading.Thread(target=self._load_in_background, name="a2e-model-switch", daemon=True)
+        self._thread.start()
+        return True
+
     def _load_in_background(self) -> None:
         try:
             assert self._load is not None

@@ -319,6 +319,8 @@ class Output:
         self.name = name
         self.encoder = encoder
         self.transport = transport
+        #: frames go out only while True (the console's ``output/<name>/enabled`` command)
+        self.enabled = True
         routes = {0: encoder} if routes is None else dict(routes)
         if not routes or min(routes) < 0:
             raise ValueError(f"output {name}: routes must map performer indices >= 0 to encoders")
@@ -352,7 +354,7 @@ class Output:
         Uses zero-copy views: transports send synchronously (the kernel or libzmq copies)
         or copy before queueing, so a view is never kept past this call."""
         i = frame.performer
-        if not 0 <= i < self._served:
+        if not 0 <= i < self._served or not self.enabled:
             return
         encode = self._route[i]
         if encode is None:

@@ -41,7 +41,7 @@ itself, so one performer behaves exactly as the single-stream bridge did.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -100,6 +100,14 @@ class PostChain:
             restart = getattr(stage, "restart", None)
             if restart is not None:
                 restart(rows)
+
+    def find(self, kind: type, performer: int) -> tuple[Any, int] | None:
+        """The stage of type ``kind`` that processes ``performer``, and the performer's row in
+        it (for live settings: the console's commands); None if its chain has no such stage."""
+        for stage in self.stages:
+            if isinstance(stage, kind):
+                return stage, performer
+        return None
 
     def describe(self) -> str:
         """One line for logs: the stages and the delay they add."""
@@ -167,6 +175,10 @@ class GroupedPostChain(PostChain):
             sel = rows[group == g]
             if sel.size:
                 chain.restart(self._local[sel])
+
+    def find(self, kind: type, performer: int) -> tuple[Any, int] | None:
+        _members, chain = self.groups[int(self._group_of[performer])]
+        return chain.find(kind, int(self._local[performer]))
 
     def describe(self) -> str:
         parts = []

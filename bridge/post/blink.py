@@ -42,7 +42,8 @@ class Blinks:
     #: Batches of at most this many performers go performer by performer through the
     #: frame-by-frame scheduler (~2 us a frame each; the vectorised path costs ~10 us a call).
     SMALL_BATCH = 4
-    ROW_ARRAYS = ("min_frames", "max_frames", "strength", "replace_model", "start", "scale", "_scheduled")
+    ROW_ARRAYS = ("min_frames", "max_frames", "strength", "replace_model", "start", "scale", "_scheduled",
+                  "active")
     ROW_LISTS = ("rngs", "starts_by_performer")
 
     def __init__(
@@ -70,6 +71,8 @@ class Blinks:
         self.start = np.zeros(1, dtype=np.int64)
         self.scale = np.ones(1)  #: each performer's current blink's scale
         self._scheduled = np.zeros(1, dtype=bool)
+        #: per performer: blinks on (the console's ``blink`` command turns a performer's off)
+        self.active = np.ones(1, dtype=bool)
         #: blink start frames so far, per performer (for tests and plots; bounded)
         self.starts_by_performer: list[list[int]] = [[]]
         self._scratch = Scratch()
@@ -78,6 +81,7 @@ class Blinks:
     def _stacked(self) -> None:
         self._all_replace = bool(self.replace_model.all())
         self._any_replace = bool(self.replace_model.any())
+        self._all_active = bool(self.active.all())
 
     @property
     def starts(self) -> list[int]:
@@ -118,7 +122,26 @@ class Blinks:
                 frame[left] = max(float(frame[left]), v)
                 frame[right] = max(float(frame[right]), v)
 
+    def set_active(self, row: int, on: bool) -> None:
+        """Blinks on or off for performer ``row`` from the next frame on (off: the model's
+        own eye values pass unchanged)."""
+        self.active[row] = on
+        self._stacked()
+
     def process(self, values: np.ndarray, ctx: FrameContext) -> None:
+        if self._all_active:
+            self._process(values, ctx)
+            return
+        values, bctx = as_batch(values, ctx)
+        assert bctx is not None
+        off = ~(self.active if bctx.rows is None else self.active[bctx.rows])
+        eyes = [self.left, self.right]
+        kept = values[off][..., eyes]  # the switched-off rows' eyes as the model left them
+        self._process(values, bctx)
+        for j, ch in enumerate(eyes):
+            values[off, :, ch] = kept[..., j]
+
+    def _process(self, values: np.ndarray, ctx: FrameContext) -> None:
         values, bctx = as_batch(values, ctx)
         assert bctx is not None
         p, n = values.shape[0], values.shape[1]

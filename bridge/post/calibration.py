@@ -152,6 +152,13 @@ class Calibration:
         """The rescale factors ``[N, 1, 52]``, None when no performer rescales."""
         return self._scale if self._rescale.any() else None
 
+    def set_offsets(self, row: int, offsets: np.ndarray) -> None:
+        """Performer ``row``'s floors from the next frame on (the console's ``calibrate``)."""
+        floor = np.minimum(np.asarray(offsets, dtype=np.float32), np.float32(MAX_FLOOR))
+        self.offsets[row, 0] = floor
+        if self._rescale[row]:
+            self._scale[row, 0] = 1.0 / (1.0 - floor)
+
     @classmethod
     def from_file(cls, path: str | Path, rescale: bool = True) -> Calibration:
         return cls(load_calibration(path).offsets, rescale)

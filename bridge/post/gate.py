@@ -225,6 +225,19 @@ class SilenceGate:
         ]  # fmt: skip
         self._any_vad = bool(self._vad_kind.any())
 
+    # ---- live settings (the console's `gate` command, applied between hops) ----
+    def open_db(self, row: int) -> float:
+        """Performer ``row``'s opening threshold in dBFS."""
+        return 20.0 * float(np.log10(self.open_rms[row]))
+
+    def set_open_db(self, row: int, open_db: float) -> None:
+        """Move performer ``row``'s thresholds so the gate opens at ``open_db``, keeping the
+        configured hysteresis (close_db moves by the same amount)."""
+        shift = db_to_rms(open_db) / float(self.open_rms[row])
+        self.open_rms[row] *= shift
+        self.close_rms[row] *= shift
+        self._stacked()
+
     # ---- performer 0's view, as the single-stream gate had it (tests, plots) ----
     @property
     def silero(self) -> SileroVad | None:

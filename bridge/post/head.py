@@ -126,7 +126,7 @@ class HeadMotion:
     ROW_ARRAYS = (
         "_amp", "_idle", "_silence_db", "_speech_db", "_attack", "_release", "_saccades", "_period",
         "_seed", "envelope", "_knot_k", "_knot_a", "_knot_b", "_gaze", "_next_saccade",
-        "_last_frame",
+        "_last_frame", "active",
     )  # fmt: skip
     ROW_LISTS = ("cfgs", "_rngs", "saccades_by_performer")
 
@@ -155,6 +155,9 @@ class HeadMotion:
         self._gaze = np.zeros((1, 2))  # yaw, pitch in Live Link units
         self._next_saccade = np.full(1, -1, dtype=np.int64)  # -1: none scheduled yet
         self._last_frame = np.full(1, -1, dtype=np.int64)  # -1: none seen yet (frames are >= 0)
+        #: per performer: head motion on (the console's ``head`` command turns a performer's off)
+        self.active = np.ones(1, dtype=bool)
+        self._all_active = True
         #: Frame numbers at which a saccade happened, per performer (diagnostics and tests).
         self.saccades_by_performer: list[list[int]] = [[]]
         self._scratch = Scratch()
@@ -245,9 +248,23 @@ class HeadMotion:
             row[LEFT_EYE_ROLL] = row[RIGHT_EYE_ROLL] = 0.0
         self.envelope[n] = env
 
+    def set_active(self, row: int, on: bool) -> None:
+        """Head motion on or off for performer ``row`` from the next frame on (off: the head
+        and eyes rest at 0)."""
+        self.active[row] = on
+        self._all_active = bool(self.active.all())
+
     def process(self, values: np.ndarray, ctx: FrameContext) -> None:
         if not self.enabled:
             return
+        self._process(values, ctx)
+        if not self._all_active:
+            _values, bctx = as_batch(values, ctx)
+            if bctx is not None and bctx.head is not None:
+                off = ~(self.active if bctx.rows is None else self.active[bctx.rows])
+                bctx.head[off] = 0.0
+
+    def _process(self, values: np.ndarray, ctx: FrameContext) -> None:
         values, bctx = as_batch(values, ctx)
         if bctx is None or bctx.head is None:
             return

@@ -69,6 +69,13 @@ class Ema:
         self._run(values, y, self.alpha[rows])
         self._y[rows] = y
 
+    def set_alpha(self, row: int, alpha: float) -> None:
+        """Performer ``row``'s smoothing factor from the next frame on (the console's
+        ``smoothing`` command); the filter's state carries on, so there is no jump."""
+        self.alpha[row, 0] = np.float32(min(max(alpha, 0.01), 1.0))
+        self.delays[row] = round((1.0 - float(self.alpha[row, 0])) / float(self.alpha[row, 0]))
+        self._stacked()
+
     def _run(self, values: np.ndarray, y: np.ndarray, alpha: np.ndarray) -> None:
         d = self._scratch.get("d", y.shape)
         if y.shape[0] == 1:  # one performer: a float32 scalar broadcasts cheaper than a [1, 1] array
@@ -151,6 +158,18 @@ class OneEuro:
             self._all_started = _start(values, y, self._started, rows)
         self._run(values, y, dy, self._a_d[rows], self._k0[rows], self._k1[rows])
         self._y[rows], self._dy[rows] = y, dy
+
+    def min_cutoff(self, row: int) -> float:
+        """Performer ``row``'s cut-off at rest, in Hz."""
+        return float(self._k0[row, 0]) * self.fps / (2.0 * math.pi)
+
+    def set_min_cutoff(self, row: int, min_cutoff: float) -> None:
+        """Performer ``row``'s cut-off at rest from the next frame on (the console's
+        ``smoothing`` command); the filter's state carries on, so there is no jump."""
+        fc = min(max(min_cutoff, 0.01), 15.0)
+        self._k0[row, 0] = np.float32(2.0 * math.pi * fc / self.fps)
+        self.delays[row] = round(one_euro_delay_frames(fc, self.fps))
+        self._stacked()
 
     def _run(self, values: np.ndarray, y: np.ndarray, dy: np.ndarray, a_d: np.ndarray, k0: np.ndarray,
              k1: np.ndarray) -> None:  # fmt: skip

@@ -48,6 +48,18 @@ class HopScheduler:
         self.next_frame = 0
         self.dropped = 0
 
+    def set_lookahead(self, lookahead: int) -> None:
+        """Hold back ``lookahead`` frames from the next hop on (the console's ``lookahead``).
+
+        Frame numbers are untouched: a longer lookahead only delays the next hop (no gap),
+        a shorter one makes the waiting frames ready at once (one wider hop, no repeat)."""
+        if not 0 <= lookahead < self.window_frames:
+            raise ValueError(f"lookahead must be 0..{self.window_frames - 1} frames")
+        widest = self.max_stride == self.window_frames - self.lookahead  # capped only by the window
+        self.max_stride = self.window_frames - lookahead if widest else self.max_stride
+        self.max_stride = max(1, min(self.max_stride, self.window_frames - lookahead))
+        self.lookahead = lookahead
+
     def ready(self, samples: int) -> int:
         """One past the last frame that can be published with ``samples`` samples in hand."""
         return max(0, frames_complete(samples) - self.lookahead)
