@@ -302,6 +302,8 @@ class LiveControls:
         if name == "lookahead":
             for n in rows:
                 b.performers[n].scheduler.set_lookahead(int(value))
+            for g in b.groups:
+                g.needed = None  # the audio their next frames wait for moved
             return ""
         if name == "identity":
             for n in rows:
