@@ -62,6 +62,7 @@ def test_health_ok_then_degraded_with_no_receiver_then_down_when_frames_stop(tmp
     with running(tmp_path) as r:
         status, body = r.get("/health")
         assert status == 200 and body["status"] == "ok" and body["reasons"] == []
+        assert body["fps"] > 0  # already on the first look, while frames flow
         r.receiver.close()  # the receiver goes away: UDP refused on loopback
         deadline = time.monotonic() + 5
         while r.get("/health")[1]["status"] == "ok" and time.monotonic() < deadline:

@@ -100,6 +100,8 @@ class Monitor:
         while len(self._samples) > 2 and now - self._samples[0][0] > WINDOW_S:
             self._samples.popleft()
         old = self._samples[0]
+        if len(self._samples) == 1:  # the first look: the figures since the start
+            old = (self.started, 0, 0, np.zeros_like(sample[3]), np.zeros_like(sample[4]), 0)
         dt = max(now - old[0], 1e-9)
         lat, inf = sample[3] - old[3], sample[4] - old[4]
         res_l, res_i = s.latency.resolution, s.inference.resolution
@@ -107,7 +109,7 @@ class Monitor:
         recent_inf = sample[5] - old[5]
         recent_drops = sample[2] - old[2]
         # frames per second of one face (every performer's frames, averaged over performers)
-        fps = round(recent_frames / dt / len(b.performers), 1) if len(self._samples) > 1 else None
+        fps = round(recent_frames / dt / len(b.performers), 1)
         peaks = st.take_peak()
         self._clip_until[peaks >= CLIP_PEAK] = now + CLIP_HOLD_S
         flowing = self._flowing(now)
