@@ -50,6 +50,7 @@ from bridge.streams.capture import CaptureGroup
 from bridge.streams.performer import Performer
 from bridge.streams.scheduler import Hop
 from bridge.streams.stream import InputStream
+from bridge.sync.hub import SyncHub
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,14 @@ class Bridge:
             self.close()
             raise
         self.performers.sort(key=lambda p: p.index)
+        try:
+            captures = [g.capture for g in self.groups]
+            self.sync = SyncHub(cfg, self.outputs, self.performers, captures, window_frames)
+        except BaseException:
+            for s in sources:
+                s.stop()
+            self.close()
+            raise
         self.max_latency_s = cfg.schedule.max_latency_ms / 1000.0
         self.stats = RunStats(provider=self.runner.provider, model=self.model.preset)
         if self.model.fallback is not None:
@@ -326,6 +335,7 @@ class Bridge:
             for g in self.groups:
                 g.source.start()
                 g.watch.start(time.monotonic())
+            self.sync.start()
             while not stop.is_set():
                 t_busy, c_busy = time.perf_counter(), time.thread_time()
                 wait = self._step()
@@ -338,6 +348,7 @@ class Bridge:
         finally:
             for g in self.groups:
                 g.source.stop()
+            self.sync.stop()
             self._finish_stats()
         return stats
 
@@ -348,6 +359,7 @@ class Bridge:
         stats.frames_expected = sum(p.stream.frames_total for p in self.performers)
         stats.nonfinite_frames = self.guard.finish()
         stats.extra.update(self._input_counters())
+        stats.extra.update(self.sync.counters())
         if len(self.performers) > 1:
             stats.extra["batch"] = self.batch_summary()
             # frames per window (a batch's windows each publish their own frames)
@@ -633,6 +645,7 @@ class Bridge:
         speech, head = ctx.speech_prob, ctx.head
         assert head is not None
         probs = speech.tolist() if speech is not None else None
+        track = self.sync.block(len(rows), stride)
         latencies = self._latencies
         if latencies.shape[0] < len(rows) * stride:
             latencies = self._latencies = np.zeros(len(rows) * stride)
@@ -655,6 +668,7 @@ class Bridge:
                     output.publish(frame)
                 now = time.monotonic()
                 latency_ms = (now - capture) * 1000.0
+                track[i, f] = latency_ms
                 if index == 0:
                     stats.record_send(now, latency_ms)
                 else:
@@ -667,6 +681,7 @@ class Bridge:
             p.published += stride
             p.rest.remember(row_values[last], row_head[last])
         stats.record_latencies(latencies[:j])
+        self.sync.published([part[b][0].index for b in rows], now)
         return worst_ms, now
 
     def _serving(self) -> list[tuple[Output, ...]]:
