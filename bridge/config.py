@@ -152,6 +152,7 @@ BOUNDS: dict[str, Bound] = {
     "post.head.saccade_pitch_deg": Bound(0, 30, "degrees"),
     "post.head.saccade_min_s": Bound(0.05, 60, "s"),
     "post.head.saccade_max_s": Bound(0.05, 60, "s"),
+    "sync.passthrough_device": Bound(0, 1023, note="an index; or a name"),
     "sync.delay_ms": Bound(0, 2000, "ms", 'or "auto"'),
     "sync.receiver_ms": Bound(0, 2000, "ms"),
     "sync.channel": Bound(0, 255, note='or "mix"; default: the performer\'s own'),

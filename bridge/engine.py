@@ -495,7 +495,7 @@ class Bridge:
         for p in g.performers:
             number = p.scheduler.take_rest_frame()
             values, head = p.rest.at(loss.frames / FPS)
-            frame = FaceFrame(number, values, now, head, p.subject, prob, "", p.index)
+            frame = FaceFrame(number, values, now, head, p.subject, prob, "", p.index, now)
             for output in self.outputs:
                 output.publish(frame)
             p.published += 1
@@ -663,7 +663,7 @@ class Bridge:
                 capture = capture_time(frame_end_sample(number) - 1)
                 frame = FaceFrame(number, row_values[f], capture, row_head[f], subject,
                                   row_probs[f] if row_probs is not None else None,
-                                  text if f == last else "", index)  # fmt: skip
+                                  text if f == last else "", index, now)  # fmt: skip
                 for output in outputs:
                     output.publish(frame)
                 now = time.monotonic()
