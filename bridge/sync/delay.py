@@ -99,11 +99,12 @@ class DelayPolicy:
         if self.auto:
             self.target_ms = None
 
-    def follow(self, p95_ms: float | None, frames: int, silent: bool) -> None:
-        """Auto mode: move the held delay toward ``p95_ms + receiver_ms`` (in silence only)."""
+    def follow(self, p95_ms: float | None, frames: int, silent: bool, floor_ms: float = 0.0) -> None:
+        """Auto mode: move the held delay toward ``p95_ms + receiver_ms`` (in silence only),
+        never below ``floor_ms`` (the least delay the voice can be fed in time for)."""
         if not self.auto or p95_ms is None or frames < AUTO_MIN_FRAMES:
             return
-        wanted = min(p95_ms + self.receiver_ms, 2000.0)
+        wanted = min(max(p95_ms + self.receiver_ms, floor_ms), 2000.0)
         if self.target_ms is None:
             self.target_ms = wanted
             return
@@ -111,6 +112,12 @@ class DelayPolicy:
         if silent and self.aligned and abs(gap) >= AUTO_HYSTERESIS_MS:
             self.target_ms += max(-MAX_STEP_MS, min(MAX_STEP_MS, gap))
             self.steps += 1
+
+    def underran(self, delay_ms: float) -> None:
+        """Auto mode: the output ran dry (the callback played silence, so the voice is later
+        now): keep the later delay rather than catch up into another underrun."""
+        if self.auto and self.target_ms is not None and self.aligned and delay_ms > self.target_ms:
+            self.target_ms = min(delay_ms, 2000.0)
 
     def correction(self, delay_ms: float, silent: bool) -> int:
         """Samples to insert (> 0) or drop (< 0) before the next block, for it to play at

@@ -39,6 +39,8 @@ LOOK_EVERY_S = 0.5
 UNDERRUN_QUIET_S = 2.0
 #: the output ring holds this much (the delay is at most 2 s)
 RING_S = 4.0
+#: auto mode: the delay is kept this much above the longest wait for the hop loop
+FEED_MARGIN_MS = 20.0
 #: callbacks remembered for the output clock
 CALLBACK_SLOTS = 1024
 
@@ -69,6 +71,8 @@ class Passthrough:
         # Written by the callback only (read by the hop thread).
         self._cb_time = np.zeros(CALLBACK_SLOTS)
         self._cb_start = np.zeros(CALLBACK_SLOTS, np.int64)  #: first stream sample each callback filled
+        #: PortAudio's time from each callback to its first sample leaving the device (s)
+        self._cb_ahead = np.zeros(CALLBACK_SLOTS)
         self._callbacks = 0
         self._stream_samples = 0  #: samples handed to the device so far (ring or zeros)
         self._zero_filled = 0  #: of which zeros, for want of audio in the ring
@@ -84,8 +88,13 @@ class Passthrough:
         self._worker = PortAudioWorker(self.name)
         self._next_raw: int | None = None
         self._drop_pending = 0
+        self._in_offset = 0.0
+        self._feed_lag = 0.0  #: the longest a fed block's first sample waited lately (s)
+        self._underrun_fed = 0  #: underruns the delay policy has been told of
         self.drift = ClockDrift()
         self.delay_ms: float | None = None  #: the delay measured at the last block
+        #: play time minus capture time of equal sample indices (ms): delay = this + (s - x - 1) / rate
+        self.clock_offset_ms: float | None = None
         self.corrections = 0
         self.inserted = 0  #: samples of silence inserted (start excluded)
         self.dropped = 0  #: samples dropped (start excluded)
@@ -105,7 +114,7 @@ class Passthrough:
     # ---- PortAudio callback thread ------------------------------------------------
     def _make_callback(self, generation: int) -> tuple[Callable[..., None], Callable[[], None]]:
         read, now = self.ring.read, time.monotonic
-        cb_time, cb_start, slots = self._cb_time, self._cb_start, CALLBACK_SLOTS
+        cb_time, cb_start, cb_ahead, slots = self._cb_time, self._cb_start, self._cb_ahead, CALLBACK_SLOTS
         stereo = self.out_channels > 1
 
         def callback(outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -125,6 +134,7 @@ class Passthrough:
                 slot = self._callbacks % slots
                 cb_time[slot] = now()
                 cb_start[slot] = self._stream_samples
+                cb_ahead[slot] = time_info.outputBufferDacTime - time_info.currentTime
                 n = read(outdata[:, :1])
                 if n < frames:
                     outdata[n:, :1] = 0.0
@@ -248,8 +258,11 @@ class Passthrough:
         delay = self._measure(x0, now)
         if delay is None:
             return
+        if self._short > self._underrun_fed:
+            self._underrun_fed = self._short
+            self.policy.underran(delay)
         p95, frames = self.latency_p95()
-        self.policy.follow(p95, frames, silent)
+        self.policy.follow(p95, frames, silent, self._feed_floor_ms(x0, now))
         starting = not self.policy.aligned
         k = self.policy.correction(delay, silent)
         if k and not starting:
@@ -272,6 +285,14 @@ class Passthrough:
             self.ring.write(col[skip:], now)
             self._primed = True
 
+    def _feed_floor_ms(self, x0: int, now: float) -> float:
+        """The least delay that feeds the voice in time: the longest a block waited for the hop
+        loop lately (its first sample's age now), plus the output's latency and a margin."""
+        age = now - self._in_offset - (x0 + 1) / self.rate
+        decay = 0.9995 if self._feed_lag > age else 0.0  # falls slowly (~30 s), rises at once
+        self._feed_lag = max(age, self._feed_lag * decay)
+        return (self._feed_lag + self.output_latency_s) * 1000.0 + FEED_MARGIN_MS
+
     def _stream_position(self) -> int:
         """Output stream sample at which the next sample written will play."""
         return self.ring.written - self._stream_base + self._zero_filled
@@ -291,6 +312,8 @@ class Passthrough:
                             min(slots, keep_out))  # fmt: skip
         in_offset = clock_offset(t_in, e_in, self.rate)
         self.drift.observe(now, out_offset, in_offset)
+        self._in_offset = in_offset
+        self.clock_offset_ms = (out_offset + self.output_latency_s - in_offset) * 1000.0
         pending = self._drop_pending
         plays = out_offset + self.output_latency_s + self._stream_position() / self.rate
         captured = in_offset + (x0 + pending + 1) / self.rate
@@ -382,6 +405,8 @@ class Passthrough:
             "status_flags": self._status_flags,
             "output_losses": self.losses,
             "output_latency_ms": round(self.output_latency_s * 1000.0, 2),
+            "clock_offset_ms": round(self.clock_offset_ms, 3) if self.clock_offset_ms is not None else None,
+            "corrections_log": self.log[:50],
         }
 
 

@@ -1,0 +1,147 @@
+"""Issue 11, part 2: the voice played on an output device, as late as the face.
+
+A virtual microphone "hears" bursts of noise with silences between (speech-like, and a
+sharp cross-correlation); a virtual speaker on the same JACK server records what the
+bridge plays (tests/virtual_mic.py).  The recording starts when the playback stream
+opens, not when the capture did, so a file offset alone says nothing: the bridge's own
+measurement of the two streams' clocks (``clock_offset_ms``: when output sample i plays
+minus when input sample i was captured) ties the recording to the capture.  What is
+checked against that: every burst arrives intact and at the same lag all run long, the
+delay it implies is ``delay_ms`` within 1 ms, and two runs at different delays differ by
+exactly their difference.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridge.config import parse_config
+from bridge.engine import Bridge
+from bridge.errors import BridgeError
+from bridge.frame import FaceFrame
+from tests.virtual_mic import virtual_mic_and_speaker, virtual_mic_available
+
+UNAVAILABLE = virtual_mic_available()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"virtual mic: {UNAVAILABLE}")
+
+RATE = 16000
+BURST_S, EVERY_S = 0.3, 0.7
+
+
+def bursts(seconds: float, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """int16 noise bursts (BURST_S long, every EVERY_S) with silence between; their starts."""
+    rng = np.random.default_rng(seed)
+    n, length = int(seconds * RATE), int(BURST_S * RATE)
+    sig = np.zeros(n)
+    starts = list(range(int(0.3 * RATE), n - RATE, int(EVERY_S * RATE)))
+    for s in starts:
+        sig[s : s + length] = rng.normal(0, 0.2, length)
+    return np.round(np.clip(sig, -1, 1) * 32767).astype(np.int16), starts
+
+
+def run_passthrough(tmp_path: Path, samples: np.ndarray, seconds: float, sync: dict,
+                    on_frame=None) -> tuple[dict, np.ndarray]:  # fmt: skip
+    record = tmp_path / f"played-{sync.get('delay_ms')}.raw"
+    record.write_bytes(b"")
+    with virtual_mic_and_speaker(samples, record, RATE) as (mic, speaker):
+        cfg = parse_config({
+            "input": {"kind": "device", "device": mic, "channel": 0, "blocksize": 256},
+            "model": {"preset": "oracle", "providers": ["cpu"], "fallback": "", "threads": 1},
+            "output": [], "sync": {"passthrough_device": speaker, **sync}}, "sync.toml")  # fmt: skip
+        bridge = Bridge(cfg, raw=True, duration=seconds, on_frame=on_frame)
+        try:
+            stats = bridge.run().as_dict()
+        finally:
+            bridge.close()
+    return stats, np.fromfile(record, dtype="<i2").astype(np.float64) / 32768.0
+
+
+def burst_lags(played: np.ndarray, samples: np.ndarray, starts: list[int]) -> list[tuple[int, float]]:
+    """For each burst the recording holds in full: (lag of its best match there, normalised
+    correlation); the lag is found from the first burst (the recording ends mid-burst)."""
+    x = samples.astype(np.float64) / 32768.0
+    length = int(BURST_S * RATE)
+    out: list[tuple[int, float]] = []
+    for s in starts:
+        if out and s + out[0][0] + length + RATE // 10 > played.shape[0]:
+            break
+        burst = x[s : s + length]
+        c = np.correlate(played, burst, mode="valid")
+        at = int(np.argmax(c))
+        seg = played[at : at + length]
+        norm = float(np.sqrt(np.dot(seg, seg) * np.dot(burst, burst)))
+        if norm > 0:
+            out.append((at - s, float(c[at]) / norm))
+    return out
+
+
+def test_played_voice_is_the_captured_voice_delayed_by_delay_ms(tmp_path: Path) -> None:
+    samples, starts = bursts(6.0)
+    implied = {}
+    for delay in (120.0, 320.0):
+        stats, played = run_passthrough(tmp_path, samples, 4.5, {"delay_ms": delay})
+        pt = stats["passthrough"]
+        assert pt["underruns"] == 0 and pt["output_losses"] == 0 and pt["mode"] == "fixed"
+        heard = burst_lags(played, samples, starts)
+        assert len(heard) >= 4, heard
+        lags = {lag for lag, _ in heard}
+        assert all(corr > 0.999 for _, corr in heard), heard  # each burst intact (S16 rounding only)
+        assert max(lags) - min(lags) <= RATE // 1000, heard  # one lag all run long (within 1 ms)
+        lag = heard[0][0]
+        # output sample i plays clock_offset_ms after input sample i was captured
+        implied[delay] = pt["clock_offset_ms"] + (lag - 1) * 1000.0 / RATE
+        assert pt["delay_ms"] == pytest.approx(delay, abs=1.0)
+    # the recording starts at the output's open (before its first callback, PortAudio primes
+    # the device with silence: a constant of the device), so compare the runs
+    assert implied[320.0] - implied[120.0] == pytest.approx(200.0, abs=1.0)
+
+
+def test_auto_delay_follows_latency_p95_only_in_silence(tmp_path: Path) -> None:
+    """The face's latency rises mid-run (the hop loop is held 70 ms every third frame from
+    2 s on, as a slow CPU model would): the delay follows p95 + receiver_ms, in steps taken
+    only between bursts, so every burst is still played intact.  (Auto mode starts the voice
+    once half a second of latency is known: the first burst, at 0.3 s, is cut.)"""
+    samples, starts = bursts(11.0, seed=1)
+
+    def slow_after_2s(frame: FaceFrame) -> None:
+        if frame.number >= 60 and frame.number % 3 == 0:
+            time.sleep(0.07)
+
+    stats, played = run_passthrough(tmp_path, samples, 9.0, {"delay_ms": "auto", "receiver_ms": 120.0},
+                                    on_frame=slow_after_2s)  # fmt: skip
+    pt = stats["passthrough"]
+    p95 = stats["latency_window_ms"]["main"]["p95"]
+    assert pt["mode"] == "auto" and pt["auto_steps"] >= 3  # it moved, in several small steps
+    assert p95 > 25 and pt["underruns"] == 0  # the slow-down raised the face's latency
+    assert pt["target_ms"] == pytest.approx(p95 + 120.0, abs=20.0)  # settled within 20 ms
+    assert pt["delay_ms"] == pytest.approx(pt["target_ms"], abs=1.0)
+    heard = burst_lags(played, samples, starts)[1:]
+    assert len(heard) >= 8, heard
+    # never a step inside a burst: each one intact, the lag only changing between them
+    assert all(corr > 0.999 for _, corr in heard), heard
+    assert heard[-1][0] - heard[0][0] > 20 * RATE // 1000  # and the lag did grow across the run
+
+
+def test_unknown_output_device_lists_the_ones_there_are(tmp_path: Path) -> None:
+    samples, _ = bursts(3.0)
+    with virtual_mic_and_speaker(samples, tmp_path / "x.raw", RATE) as (mic, speaker):
+        cfg = parse_config({"input": {"kind": "device", "device": mic, "channel": 0},
+                            "model": {"preset": "oracle", "providers": ["cpu"], "fallback": ""},
+                            "output": [], "sync": {"passthrough_device": "no such cable"}},
+                           "s.toml")  # fmt: skip
+        with pytest.raises(BridgeError) as e:
+            Bridge(cfg)
+    text = str(e.value)
+    assert "\n" not in text and "no output device matches 'no such cable'" in text
+    assert speaker in text and "output devices:" in text
+
+
+@pytest.mark.parametrize("delay", [-1, 2000.5, "soon"])
+def test_delay_outside_0_to_2_s_is_refused(delay: object) -> None:
+    with pytest.raises(BridgeError, match=r"sync\.delay_ms") as e:
+        parse_config({"sync": {"delay_ms": delay}}, "s.toml")
+    assert "\n" not in str(e.value)
