@@ -17,6 +17,7 @@ from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
 from bridge.outputs.base import Output
 from bridge.sync.delay import DelayPolicy
+from bridge.sync.devices import resolve_output_device
 from bridge.sync.latency import LatencyTracker
 from bridge.sync.report import LatencyReport
 
@@ -61,8 +62,9 @@ class SyncHub:
             return tracker.percentiles(index)[1], tracker.frames(index)
 
         try:
-            self.passthrough = Passthrough(sync.passthrough_device, source.samplerate, source.channels, take,
-                                           inp.blocksize, policy, p95)  # fmt: skip
+            device = resolve_output_device(sync.passthrough_device)
+            self.passthrough = Passthrough(device, source.samplerate, source.channels, take, inp.blocksize,
+                                           policy, p95)  # fmt: skip
         except BridgeError as e:
             raise BridgeError(f"{cfg.source}: {e}") from None
         self.passthrough.set_silence(sync.silence_db)

@@ -25,7 +25,7 @@ from bridge.audio.portaudio_control import PortAudioHung, PortAudioWorker, quiet
 from bridge.audio.ring import SampleRing
 from bridge.errors import BridgeError
 from bridge.sync.delay import WINDOW_S, ClockDrift, DelayPolicy, clock_offset, recent
-from bridge.sync.devices import resolve_output_device
+from bridge.sync.devices import OutputDevice
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,15 @@ CALLBACK_SLOTS = 1024
 class Passthrough:
     """Plays one channel of a capture group's blocks on ``device``, held ``delay`` behind."""
 
-    def __init__(self, device: str | int, rate: int, channels_in: int, channel: int | None,
+    def __init__(self, device: OutputDevice, rate: int, channels_in: int, channel: int | None,
                  blocksize: int, policy: DelayPolicy,
                  latency_p95: Callable[[], tuple[float | None, int]]) -> None:  # fmt: skip
         """``channel`` None mixes the input's channels; ``latency_p95`` gives the voice's
         performer's latency p95 (ms) and how many frames it is taken from (auto mode)."""
-        self.device = resolve_output_device(device)
-        self.name = self.device.name
+        self.device = device
+        self.name = device.name
+        #: the clock callbacks and blocks are stamped with (a test may drive simulated clocks)
+        self.clock: Callable[[], float] = time.monotonic
         if channel is not None and channel >= channels_in:
             raise BridgeError(f"sync.channel = {channel}: the input has {channels_in} channel(s) "
                               f"(0..{channels_in - 1})")  # fmt: skip
@@ -71,8 +73,6 @@ class Passthrough:
         # Written by the callback only (read by the hop thread).
         self._cb_time = np.zeros(CALLBACK_SLOTS)
         self._cb_start = np.zeros(CALLBACK_SLOTS, np.int64)  #: first stream sample each callback filled
-        #: PortAudio's time from each callback to its first sample leaving the device (s)
-        self._cb_ahead = np.zeros(CALLBACK_SLOTS)
         self._callbacks = 0
         self._stream_samples = 0  #: samples handed to the device so far (ring or zeros)
         self._zero_filled = 0  #: of which zeros, for want of audio in the ring
@@ -113,8 +113,8 @@ class Passthrough:
 
     # ---- PortAudio callback thread ------------------------------------------------
     def _make_callback(self, generation: int) -> tuple[Callable[..., None], Callable[[], None]]:
-        read, now = self.ring.read, time.monotonic
-        cb_time, cb_start, cb_ahead, slots = self._cb_time, self._cb_start, self._cb_ahead, CALLBACK_SLOTS
+        read, now = self.ring.read, self.clock
+        cb_time, cb_start, slots = self._cb_time, self._cb_start, CALLBACK_SLOTS
         stereo = self.out_channels > 1
 
         def callback(outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -134,7 +134,6 @@ class Passthrough:
                 slot = self._callbacks % slots
                 cb_time[slot] = now()
                 cb_start[slot] = self._stream_samples
-                cb_ahead[slot] = time_info.outputBufferDacTime - time_info.currentTime
                 n = read(outdata[:, :1])
                 if n < frames:
                     outdata[n:, :1] = 0.0
@@ -230,7 +229,7 @@ class Passthrough:
         ``raw_end``) from ``ring``: play its channel, ``delay`` behind its capture."""
         if not self._started:
             return
-        now = time.monotonic()
+        now = self.clock()
         if self._callback_exc is not None:
             raise BridgeError(f"passthrough to '{self.name}': its callback failed: {self._callback_exc!r}")
         if not self._output_alive(now):
@@ -265,6 +264,8 @@ class Passthrough:
         self.policy.follow(p95, frames, silent, self._feed_floor_ms(x0, now))
         starting = not self.policy.aligned
         k = self.policy.correction(delay, silent)
+        if k < 0 and not starting:
+            k = max(k, -n)  # drop only from this silent block, never from the speech after it
         if k and not starting:
             self.corrections += 1
             if len(self.log) < 1000:
