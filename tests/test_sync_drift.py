@@ -92,8 +92,8 @@ def test_delay_holds_over_five_minutes_of_drift(ppm: float) -> None:
         window = played[lo : guess + RATE // 10 + burst]
         c = np.correlate(window, voice[s : s + burst], mode="valid")
         at = lo + int(np.argmax(c))
-        seg = played[at : at + burst]
-        corr = float(c.max()) / float(np.sqrt(np.dot(seg, seg) * np.dot(voice[s : s + burst], voice[s : s + burst])))
+        seg, heard = played[at : at + burst], voice[s : s + burst]
+        corr = float(c.max()) / float(np.sqrt(np.dot(seg, seg) * np.dot(heard, heard)))
         assert corr > 0.9999, (s, corr)  # never cut or stretched inside a burst
         true_delays.append((at / out_rate - (s + 1) / RATE) * 1000.0)
     assert len(true_delays) > 400
