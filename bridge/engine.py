@@ -477,6 +477,7 @@ class Bridge:
         if g.watch.back():
             self._input_back(g, now)
             return 0.0
+        self.sync.tick()
         if now >= loss.next_frame_due:
             self._publish_rest(g, now, loss)
             # 30 fps on the wall clock; after a hold-up, go on from now rather than burst.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from tests.test_sync_passthrough import RATE, burst_lags, bursts, run_passthrough  # noqa: E402
 

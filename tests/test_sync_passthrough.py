@@ -13,6 +13,11 @@ exactly their difference.
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +28,15 @@ from bridge.config import parse_config
 from bridge.engine import Bridge
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
-from tests.virtual_mic import virtual_mic_and_speaker, virtual_mic_available
+from tests.test_device_loss import StampedLiveLink
+from tests.virtual_mic import (
+    ALSA_PLAYBACK_TEMPLATE,
+    unique_name,
+    virtual_mic_and_speaker,
+    virtual_mic_available,
+    virtual_mic_server,
+    write_raw,
+)
 
 UNAVAILABLE = virtual_mic_available()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"virtual mic: {UNAVAILABLE}")
@@ -70,8 +83,10 @@ def burst_lags(played: np.ndarray, samples: np.ndarray, starts: list[int]) -> li
         if out and s + out[0][0] + length + RATE // 10 > played.shape[0]:
             break
         burst = x[s : s + length]
-        c = np.correlate(played, burst, mode="valid")
-        at = int(np.argmax(c))
+        # the first burst anywhere; the others within 0.5 s of the last one's lag
+        lo = 0 if not out else max(0, s + out[-1][0] - RATE // 2)
+        c = np.correlate(played[lo : lo + 2 * length + RATE] if out else played, burst, mode="valid")
+        at = lo + int(np.argmax(c))
         seg = played[at : at + length]
         norm = float(np.sqrt(np.dot(seg, seg) * np.dot(burst, burst)))
         if norm > 0:
@@ -145,3 +160,75 @@ def test_delay_outside_0_to_2_s_is_refused(delay: object) -> None:
     with pytest.raises(BridgeError, match=r"sync\.delay_ms") as e:
         parse_config({"sync": {"delay_ms": delay}}, "s.toml")
     assert "\n" not in str(e.value)
+
+
+def test_lost_output_device_is_said_looked_for_and_the_face_goes_on(tmp_path: Path) -> None:
+    """The JACK server under both virtual devices is killed and started again under a real
+    ``a2e-bridge run``: the output is said lost once and back once, frames never stop (at
+    rest while the microphone is gone too), and the voice plays again afterwards."""
+    samples, _ = bursts(60.0)
+    raw = write_raw(tmp_path / "mic.raw", samples, RATE, 60)
+    speaker = unique_name().replace("vmic", "vspk")
+    extra = ALSA_PLAYBACK_TEMPLATE.format(name=speaker, record=tmp_path / "played.raw", rate=RATE)
+    rx = StampedLiveLink()
+    with virtual_mic_server(raw, portaudio=False, extra_config=extra) as (mic, jack):
+        cfg = tmp_path / "bridge.toml"
+        cfg.write_text(f'[input]\nchannel = 0\n[model]\npreset = "oracle"\nproviders = ["cpu"]\nthreads = 1\n'
+                       f'fallback = ""\n[[output]]\nkind = "livelink"\nport = {rx.port}\n'
+                       f'[sync]\npassthrough_device = "{speaker}"\ndelay_ms = 150\n')  # fmt: skip
+        stats_path = tmp_path / "stats.json"
+        command = [sys.executable, "-m", "bridge", "run", "-c", str(cfg), "--device", mic, "--raw",
+                   "--stats", str(stats_path)]  # fmt: skip
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        lines: list[tuple[float, str]] = []
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for raw_line in proc.stderr:
+                lines.append((time.monotonic(), raw_line.decode(errors="replace").rstrip()))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+
+        def wait_line(text: str, timeout: float) -> float:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for t, line in list(lines):
+                    if text in line:
+                        return t
+                time.sleep(0.02)
+            raise AssertionError(f"no line with {text!r}:\n" + "\n".join(x for _, x in lines))
+
+        try:
+            deadline = time.monotonic() + 30
+            while len(rx.packets) < 45 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert len(rx.packets) >= 45, "\n".join(x for _, x in lines)
+            killed = time.monotonic()
+            jack.kill(signal.SIGKILL)
+            lost = wait_line(f"output device '{speaker}' lost", 5)
+            assert lost - killed < 2.0
+            time.sleep(1.0)
+            jack.start()
+            restarted = time.monotonic()
+            wait_line("the voice plays again", 8)
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(10)
+            reader.join(5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            jack.stop(remove_leftovers=True)
+            rx.close()
+    log = "\n".join(x for _, x in lines)
+    assert rc in (0, 130), log
+    assert "Traceback" not in log and log.count("voice plays again") == 1, log
+    stats = json.loads(stats_path.read_text())
+    assert stats["passthrough"]["output_losses"] == 1 and stats["frames_at_rest"] > 0
+    # the face went on at 30 fps while both devices were gone (at rest: the microphone went too)
+    during = [p for p in rx.packets if lost + 0.1 < p["t"] < restarted]
+    assert len(during) >= 0.8 * 30 * (restarted - lost - 0.1)
+    assert len([p for p in rx.packets if p["t"] > restarted + 0.5]) >= 15

@@ -64,7 +64,7 @@ class SyncHub:
         try:
             device = resolve_output_device(sync.passthrough_device)
             self.passthrough = Passthrough(device, source.samplerate, source.channels, take, inp.blocksize,
-                                           policy, p95)  # fmt: skip
+                                           policy, p95, getattr(source, "worker", None))  # fmt: skip
         except BridgeError as e:
             raise BridgeError(f"{cfg.source}: {e}") from None
         self.passthrough.set_silence(sync.silence_db)
@@ -80,6 +80,11 @@ class SyncHub:
         """The block :meth:`block` gave was sent: record it, report once a second."""
         self.tracker.record(performers, self._block)
         self.report.maybe_send(now)
+
+    def tick(self) -> None:
+        """A turn of the hop loop without audio (an input lost): the passthrough's faults still said."""
+        if self.passthrough is not None:
+            self.passthrough.tick()
 
     def start(self) -> None:
         if self.passthrough is not None:

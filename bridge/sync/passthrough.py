@@ -13,6 +13,7 @@ every 0.5 s, and said again when it is back.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from bridge.audio.device import _sounddevice
-from bridge.audio.portaudio_control import PortAudioHung, PortAudioWorker, quiet_native_stderr
+from bridge.audio.portaudio_control import (
+    PortAudioHung,
+    PortAudioWorker,
+    jack_host_api_loaded,
+    mark_unsafe_to_terminate,
+    quiet_native_stderr,
+)
 from bridge.audio.ring import SampleRing
 from bridge.errors import BridgeError
 from bridge.sync.delay import WINDOW_S, ClockDrift, DelayPolicy, clock_offset, recent
@@ -50,9 +57,12 @@ class Passthrough:
 
     def __init__(self, device: OutputDevice, rate: int, channels_in: int, channel: int | None,
                  blocksize: int, policy: DelayPolicy,
-                 latency_p95: Callable[[], tuple[float | None, int]]) -> None:  # fmt: skip
+                 latency_p95: Callable[[], tuple[float | None, int]],
+                 worker: PortAudioWorker | None = None) -> None:  # fmt: skip
         """``channel`` None mixes the input's channels; ``latency_p95`` gives the voice's
-        performer's latency p95 (ms) and how many frames it is taken from (auto mode)."""
+        performer's latency p95 (ms) and how many frames it is taken from (auto mode).
+        ``worker``: the capture device's PortAudio worker, so that PortAudio is only ever
+        called from one thread at a time (it is not thread-safe)."""
         self.device = device
         self.name = device.name
         #: the clock callbacks and blocks are stamped with (a test may drive simulated clocks)
@@ -85,7 +95,7 @@ class Passthrough:
         self.output_latency_s = 0.0
         self._stream: Any = None
         self._generation = 0
-        self._worker = PortAudioWorker(self.name)
+        self._worker = worker if worker is not None else PortAudioWorker(self.name)
         self._next_raw: int | None = None
         self._drop_pending = 0
         self._in_offset = 0.0
@@ -223,6 +233,13 @@ class Passthrough:
         if self._underrun_since is not None:
             self._say_underruns_ended()
 
+    def tick(self) -> None:
+        """While no audio is fed (the input is lost): still notice a lost output, look for it."""
+        if self._started:
+            now = self.clock()
+            if self._output_alive(now):
+                self._say_underruns(now)
+
     # ---- the hop thread's tap ----------------------------------------------------------
     def feed(self, block: np.ndarray, raw_end: int) -> None:
         """The capture group just read ``block`` (ring frames ``raw_end - len(block)`` up to
@@ -242,8 +259,9 @@ class Passthrough:
             lost = x0 - self._next_raw
             if 0 < lost < self.ring.capacity // 4 and self.policy.aligned:
                 self._write_zeros(lost)  # audio the capture lost: its time, in silence
-            else:
+            else:  # the capture jumped (a device back): start the voice again at the delay
                 self.policy.restart()
+                self._primed = False
         self._next_raw = raw_end
         if n > self._mix.shape[0]:
             self._mix = np.zeros((n, 1), np.float32)
@@ -343,9 +361,12 @@ class Passthrough:
             self._lost_since, self._next_look = now, now + LOOK_EVERY_S
             self.losses += 1
             self._generation += 1
+            if jack_host_api_loaded(_sounddevice()):
+                mark_unsafe_to_terminate("an output stream was lost while PortAudio's JACK host API "
+                                         "was loaded")  # fmt: skip
             stream, self._stream = self._stream, None
             if stream is not None:
-                self._worker.submit(lambda: _close(stream), "closing the lost output", CLOSE_TIMEOUT_S)
+                _abandon(stream)
             log.warning("passthrough: output device '%s' lost (%s); the face goes on, the voice is not "
                         "played; looking for it every %g s", self.name,
                         "its stream stopped" if self._interrupted else f"no callback for {silent_for:.1f} s",
@@ -413,6 +434,23 @@ class Passthrough:
 
 def _ms(v: float | None) -> str:
     return "?" if v is None else f"{v:.0f}"
+
+
+def _abandon(stream: Any) -> None:
+    """Let a lost output stream go for good: never closed, never freed.
+
+    Closing a playback stream whose audio server died crashed PortAudio's ALSA host API
+    here (a segfault in ``Pa_CloseStream`` over the ALSA jack plugin, at once or when the
+    server was back), and so did freeing it at exit (its native thread still calls the
+    callback's trampoline).  So it keeps a reference nothing drops, not even interpreter
+    shutdown; its callback calls nothing of ours (an old generation).  One stream per loss.
+    """
+    _ABANDONED.append(stream)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(stream))
+
+
+#: lost output streams (see :func:`_abandon`)
+_ABANDONED: list[Any] = []
 
 
 def _close(stream: Any) -> None:
