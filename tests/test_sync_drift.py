@@ -12,6 +12,8 @@ capture time must stay at ``delay_ms`` all run long (uncorrected, 200 ppm would 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -31,9 +33,12 @@ class Clock:
         return self.t
 
 
-@pytest.mark.parametrize("ppm", [200.0, -150.0])
-def test_delay_holds_over_five_minutes_of_drift(ppm: float) -> None:
-    seconds, delay_ms = 300.0, 150.0
+Run = tuple[Passthrough, np.ndarray, np.ndarray, list[int], float, int]
+
+
+def simulate(ppm: float, delay_ms: float, seconds: float, pull_s: float = 0.1) -> Run:
+    """Bursts captured on the input clock, played on an output clock ``ppm`` fast, pulled every
+    ``pull_s``: (passthrough, voice, what was played, burst starts, output rate, samples captured)."""
     rng = np.random.default_rng(3)
     n = int(seconds * RATE)
     voice = np.zeros(n, np.float32)
@@ -58,7 +63,7 @@ def test_delay_holds_over_five_minutes_of_drift(ppm: float) -> None:
     scratch = np.zeros((RATE, 1), np.float32)
     outbuf = np.zeros((BLOCK, 1), np.float32)
     k_in = j_out = 0
-    next_pull = 0.1
+    next_pull = pull_s
     while True:
         t_in = (k_in + 1) * BLOCK / RATE  # input block k arrives when its last sample is in
         t_out = j_out * BLOCK / out_rate  # output callback j, for stream samples from j * BLOCK
@@ -76,8 +81,14 @@ def test_delay_holds_over_five_minutes_of_drift(ppm: float) -> None:
         else:
             got = capture.read(scratch)
             pt.feed(scratch[:got], capture.read_pos)
-            next_pull += 0.1
+            next_pull += pull_s
+    return pt, voice, played, starts, out_rate, k_in * BLOCK
 
+
+@pytest.mark.parametrize("ppm", [200.0, -150.0])
+def test_delay_holds_over_five_minutes_of_drift(ppm: float) -> None:
+    delay_ms, burst = 150.0, int(0.3 * RATE)
+    pt, voice, played, starts, out_rate, captured = simulate(ppm, delay_ms, 300.0)
     counters = pt.counters()
     assert counters["underruns"] == 0
     assert counters["drift_ppm"] == pytest.approx(ppm, abs=5.0)
@@ -85,7 +96,7 @@ def test_delay_holds_over_five_minutes_of_drift(ppm: float) -> None:
     # Ground truth: where each burst was played, on the output clock
     true_delays = []
     for s in starts:
-        if s + burst > k_in * BLOCK:
+        if s + burst > captured:
             break
         guess = int((s + 1) / RATE * out_rate + delay_ms / 1000 * out_rate)
         lo = max(0, guess - RATE // 10)
@@ -98,3 +109,17 @@ def test_delay_holds_over_five_minutes_of_drift(ppm: float) -> None:
         true_delays.append((at / out_rate - (s + 1) / RATE) * 1000.0)
     assert len(true_delays) > 400
     assert max(abs(d - delay_ms) for d in true_delays) <= 1.0, (min(true_delays), max(true_delays))
+
+
+def test_underruns_are_counted_and_said_once_when_they_start_and_once_when_they_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A delay shorter than the hop loop's pulls (20 ms against a pull every 100 ms): the
+    output runs dry between pulls; silence is played, counted, and said twice in all."""
+    caplog.set_level(logging.WARNING)
+    pt, *_ = simulate(0.0, 20.0, 5.0)
+    pt.stop()
+    counters = pt.counters()
+    assert counters["underruns"] > 20
+    said = [r.getMessage() for r in caplog.records if "underrun" in r.getMessage()]
+    assert len(said) == 2 and "output underrun" in said[0] and "underruns ended" in said[1], said
