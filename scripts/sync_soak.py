@@ -4,8 +4,9 @@
 
 Plays bursts of noise through the bridge's voice passthrough (oracle model, CPU) for
 SECONDS (default 180) and prints one JSON line: the passthrough's counters (delay, drift,
-corrections, underruns) and the lag of every burst in the recording (first, last, spread):
-a delay that holds keeps one lag, to the sample, all run long.  Both virtual devices run
+corrections, underruns), the lag of every burst in the recording (first, last, spread: a
+delay that holds keeps one lag, to the sample, all run long) and the delay that lag implies
+(see tests/test_sync_passthrough.py for how).  Both virtual devices run
 on one JACK server (one clock), so the drift measured is the estimator's own noise.
 """
 
@@ -33,11 +34,13 @@ def main() -> None:
     lags = [lag for lag, _ in heard]
     pt = stats["passthrough"]
     pt.pop("corrections_log", None)
+    primed = played.shape[0] - pt["stream_samples"]  # PortAudio's silence before its first callback
     print(json.dumps({
         "seconds": seconds, "delay_ms": delay, "passthrough": pt,
         "bursts": len(heard), "lag_first": lags[0], "lag_last": lags[-1],
         "lag_spread_samples": max(lags) - min(lags), "min_correlation": round(min(c for _, c in heard), 6),
-        "implied_delay_ms": round(pt["clock_offset_ms"] + (lags[-1] - 1) * 1000.0 / RATE, 3),
+        "primed_samples": primed,
+        "implied_delay_ms": round(pt["clock_offset_ms"] + (lags[-1] - primed - 1) * 1000.0 / RATE, 3),
     }))  # fmt: skip
 
 

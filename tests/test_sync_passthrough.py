@@ -4,11 +4,13 @@ A virtual microphone "hears" bursts of noise with silences between (speech-like,
 sharp cross-correlation); a virtual speaker on the same JACK server records what the
 bridge plays (tests/virtual_mic.py).  The recording starts when the playback stream
 opens, not when the capture did, so a file offset alone says nothing: the bridge's own
-measurement of the two streams' clocks (``clock_offset_ms``: when output sample i plays
-minus when input sample i was captured) ties the recording to the capture.  What is
-checked against that: every burst arrives intact and at the same lag all run long, the
-delay it implies is ``delay_ms`` within 1 ms, and two runs at different delays differ by
-exactly their difference.
+measurement of the two streams' clocks (``clock_offset_ms``: when output stream sample i
+plays minus when input sample i was captured) ties the recording to the capture.  The
+recording starts with the silence PortAudio primes the device with before its first
+callback (played before stream sample 0): what the file holds beyond the samples the
+callback gave (``stream_samples``).  What is checked: every burst arrives intact and at
+the same lag all run long, the delay that lag implies is ``delay_ms`` within 1 ms, and two
+runs at different delays differ by exactly their difference.
 """
 
 from __future__ import annotations
@@ -86,11 +88,12 @@ def burst_lags(played: np.ndarray, samples: np.ndarray, starts: list[int]) -> li
         # the first burst anywhere; the others within 0.5 s of the last one's lag
         lo = 0 if not out else max(0, s + out[-1][0] - RATE // 2)
         c = np.correlate(played[lo : lo + 2 * length + RATE] if out else played, burst, mode="valid")
-        at = lo + int(np.argmax(c))
+        best = int(np.argmax(c))
+        at = lo + best
         seg = played[at : at + length]
         norm = float(np.sqrt(np.dot(seg, seg) * np.dot(burst, burst)))
         if norm > 0:
-            out.append((at - s, float(c[at]) / norm))
+            out.append((at - s, float(c[best]) / norm))
     return out
 
 
@@ -106,12 +109,13 @@ def test_played_voice_is_the_captured_voice_delayed_by_delay_ms(tmp_path: Path) 
         lags = {lag for lag, _ in heard}
         assert all(corr > 0.999 for _, corr in heard), heard  # each burst intact (S16 rounding only)
         assert max(lags) - min(lags) <= RATE // 1000, heard  # one lag all run long (within 1 ms)
-        lag = heard[0][0]
-        # output sample i plays clock_offset_ms after input sample i was captured
-        implied[delay] = pt["clock_offset_ms"] + (lag - 1) * 1000.0 / RATE
-        assert pt["delay_ms"] == pytest.approx(delay, abs=1.0)
-    # the recording starts at the output's open (before its first callback, PortAudio primes
-    # the device with silence: a constant of the device), so compare the runs
+        primed = played.shape[0] - pt["stream_samples"]
+        assert 0 <= primed <= 4 * 256  # a buffer or two of the device's
+        stream_lag = heard[0][0] - primed  # output stream sample - input sample, for every burst
+        # output stream sample i plays clock_offset_ms after input sample i was captured
+        implied[delay] = pt["clock_offset_ms"] + (stream_lag - 1) * 1000.0 / RATE
+        assert implied[delay] == pytest.approx(delay, abs=1.0)
+        assert pt["delay_ms"] == pytest.approx(delay, abs=1.0)  # what it measured at the end
     assert implied[320.0] - implied[120.0] == pytest.approx(200.0, abs=1.0)
 
 

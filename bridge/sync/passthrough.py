@@ -98,6 +98,9 @@ class Passthrough:
         self._worker = worker if worker is not None else PortAudioWorker(self.name)
         self._next_raw: int | None = None
         self._drop_pending = 0
+        self._source_ring: SampleRing | None = None  #: the capture ring (its block times: the input clock)
+        self._stream_base = 0  #: ring position of the stream's sample 0
+        self._opened_at = 0.0  #: when the current stream was opened (no callback yet: lost after a while)
         self._in_offset = 0.0
         self._feed_lag = 0.0  #: the longest a fed block's first sample waited lately (s)
         self._underrun_fed = 0  #: underruns the delay policy has been told of
@@ -214,7 +217,8 @@ class Passthrough:
         self._underrun_seen = self._short
         self._primed = False
         self.ring.read_pos = self.ring.written
-        self._stream_base = self.ring.written  #: ring position of stream sample 0
+        self._stream_base = self.ring.written
+        self._opened_at = self.clock()
         self.policy.restart()
         self.drift.restart()
 
@@ -321,7 +325,7 @@ class Passthrough:
         clocks have been seen."""
         count = self._callbacks
         source_ring = self._source_ring
-        if count < 4 or source_ring.blocks < 2:
+        if source_ring is None or count < 4 or source_ring.blocks < 2:
             return None
         keep_out = max(4, int(WINDOW_S * self.rate / self.blocksize))
         t_out, s_out = recent(self._cb_time, self._cb_start, count, keep_out)
@@ -354,8 +358,9 @@ class Passthrough:
     def _output_alive(self, now: float) -> bool:
         """Whether the output plays; a lost one is said and looked for (never waited on)."""
         if self._lost_since is None:
-            last = self._cb_time[(self._callbacks - 1) % CALLBACK_SLOTS] if self._callbacks else None
-            silent_for = now - last if last is not None else 0.0
+            count = self._callbacks
+            last = self._cb_time[(count - 1) % CALLBACK_SLOTS] if count else self._opened_at
+            silent_for = now - last
             if not self._interrupted and silent_for < LOST_AFTER_S:
                 return True
             self._lost_since, self._next_look = now, now + LOOK_EVERY_S
@@ -428,6 +433,7 @@ class Passthrough:
             "output_losses": self.losses,
             "output_latency_ms": round(self.output_latency_s * 1000.0, 2),
             "clock_offset_ms": round(self.clock_offset_ms, 3) if self.clock_offset_ms is not None else None,
+            "stream_samples": self._stream_samples,
             "corrections_log": self.log[:50],
         }
 
