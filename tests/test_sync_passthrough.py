@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from bridge.cli.run import devices
 from bridge.config import parse_config
 from bridge.engine import Bridge
 from bridge.errors import BridgeError
@@ -154,9 +156,11 @@ def test_unknown_output_device_lists_the_ones_there_are(tmp_path: Path) -> None:
                            "s.toml")  # fmt: skip
         with pytest.raises(BridgeError) as e:
             Bridge(cfg)
+        listed = CliRunner().invoke(devices, ["--output"])
     text = str(e.value)
     assert "\n" not in text and "no output device matches 'no such cable'" in text
-    assert speaker in text and "output devices:" in text
+    assert speaker in text and "output devices:" in text and "a2e-bridge devices --output" in text
+    assert listed.exit_code == 0 and speaker in listed.output  # a2e-bridge devices --output
 
 
 @pytest.mark.parametrize("delay", [-1, 2000.5, "soon"])

@@ -1,26 +1,18 @@
 """How far behind its capture the voice is played, and when that may change.
 
-Two clocks are measured against ``time.monotonic()``: the capture's (each block's arrival
-and the ring frame it ends at) and the output's (each callback's time and the first
-stream sample it fills).  A callback can be late but never early, so the lower envelope
-``min(t - samples / rate)`` over the last seconds is each clock's true schedule (the
-jitter of a busy machine only adds).  Then sample ``x`` of the capture, written at output
-stream sample ``s``, plays ``delay = out_offset + output_latency + s / rate - in_offset -
-(x + 1) / rate`` after it was captured, for every sample at once.
+With each clock's schedule measured (:mod:`bridge.sync.drift`), sample ``x`` of the
+capture, written at output stream sample ``s``, plays ``delay = out_offset +
+output_latency + s / rate - in_offset - (x + 1) / rate`` after it was captured, for every
+sample at once.
 
 :class:`DelayPolicy` turns the error against the wanted delay into samples to insert
 (silence) or drop: at once before anything was played, later only inside silence and by
 small steps, so speech is never cut or stretched.  The same correction keeps the delay
-when the two devices' clocks drift apart (single samples, a few per minute at 100 ppm);
-:class:`ClockDrift` says by how much they do.
+when the two devices' clocks drift apart (single samples, a few per minute at 100 ppm).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-#: how much of each clock's recent history its schedule is taken from
-WINDOW_S = 2.0
 #: errors smaller than this are left alone (the delay holds within it)
 TOLERANCE_MS = 0.5
 #: the most one correction (or one auto step) changes the delay, and only in silence
@@ -29,46 +21,6 @@ MAX_STEP_MS = 10.0
 AUTO_HYSTERESIS_MS = 5.0
 #: auto mode: frames of latency known before the voice starts
 AUTO_MIN_FRAMES = 15
-
-
-def clock_offset(times: np.ndarray, samples: np.ndarray, rate: float) -> float:
-    """``min(times - samples / rate)``: the schedule of a clock whose events can only be late."""
-    return float(np.min(times - samples / rate))
-
-
-def recent(slots_time: np.ndarray, slots_pos: np.ndarray, count: int,
-           keep: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The last ``keep`` of ``count`` events written round-robin into the slot arrays (views or copies)."""
-    size = slots_time.shape[0]
-    keep = min(keep, count, size)
-    idx = np.arange(count - keep, count) % size
-    return slots_time[idx], slots_pos[idx]
-
-
-class ClockDrift:
-    """How much faster the output clock runs than the input clock, in ppm, from how the two
-    offsets move apart over the run (reported after ``min_s`` seconds)."""
-
-    def __init__(self, min_s: float = 10.0) -> None:
-        self.min_s = min_s
-        self._first: tuple[float, float, float] | None = None
-        self._last: tuple[float, float, float] | None = None
-
-    def restart(self) -> None:
-        self._first = self._last = None
-
-    def observe(self, now: float, out_offset: float, in_offset: float) -> None:
-        if self._first is None:
-            self._first = (now, out_offset, in_offset)
-        self._last = (now, out_offset, in_offset)
-
-    @property
-    def ppm(self) -> float | None:
-        if self._first is None or self._last is None or self._last[0] - self._first[0] < self.min_s:
-            return None
-        t0, o0, i0 = self._first
-        t1, o1, i1 = self._last
-        return round(-((o1 - o0) - (i1 - i0)) / (t1 - t0) * 1e6, 2)
 
 
 class DelayPolicy:

@@ -37,7 +37,7 @@ def list_output_devices() -> list[OutputDevice]:
 
 def _available(devices: list[OutputDevice]) -> str:
     listed = ", ".join(d.label() for d in devices) if devices else "none"
-    return f"output devices: {listed}"
+    return f"output devices: {listed}; list them with `a2e-bridge devices --output`"
 
 
 def resolve_output_device(spec: str | int) -> OutputDevice:
@@ -74,3 +74,13 @@ def resolve_output_device(spec: str | int) -> OutputDevice:
         raise BridgeError(f"sync.passthrough_device = {wanted!r} is ambiguous: it matches {names}; "
                           "give the exact name, 'name, host API' or the index")  # fmt: skip
     raise BridgeError(f"sync.passthrough_device: no output device matches {wanted!r}; {_available(devices)}")
+
+
+def describe_output_devices() -> str:
+    """``a2e-bridge devices --output``: one line per output device."""
+    devices = list_output_devices()
+    if not devices:
+        return "no output devices found (PortAudio sees none)"
+    lines = [d.label() for d in devices]
+    lines.append("pick one with [sync] passthrough_device = NAME or INDEX")
+    return "\n".join(lines)

@@ -31,8 +31,9 @@ from bridge.audio.portaudio_control import (
 )
 from bridge.audio.ring import SampleRing
 from bridge.errors import BridgeError
-from bridge.sync.delay import WINDOW_S, ClockDrift, DelayPolicy, clock_offset, recent
+from bridge.sync.delay import DelayPolicy
 from bridge.sync.devices import OutputDevice
+from bridge.sync.drift import WINDOW_S, ClockDrift, clock_offset, recent
 
 log = logging.getLogger(__name__)
 
