@@ -36,9 +36,11 @@ class Clock:
 Run = tuple[Passthrough, np.ndarray, np.ndarray, list[int], float, int]
 
 
-def simulate(ppm: float, delay_ms: float, seconds: float, pull_s: float = 0.1) -> Run:
+def simulate(ppm: float, delay_ms: float, seconds: float, pull_s: float = 0.1,
+             xrun_at: float | None = None) -> Run:  # fmt: skip
     """Bursts captured on the input clock, played on an output clock ``ppm`` fast, pulled every
-    ``pull_s``: (passthrough, voice, what was played, burst starts, output rate, samples captured)."""
+    ``pull_s`` (from ``xrun_at`` s on, the output plays everything a period later): (passthrough,
+    voice, what was played, burst starts, output rate, samples captured)."""
     rng = np.random.default_rng(3)
     n = int(seconds * RATE)
     voice = np.zeros(n, np.float32)
@@ -67,6 +69,8 @@ def simulate(ppm: float, delay_ms: float, seconds: float, pull_s: float = 0.1) -
     while True:
         t_in = (k_in + 1) * BLOCK / RATE  # input block k arrives when its last sample is in
         t_out = j_out * BLOCK / out_rate  # output callback j, for stream samples from j * BLOCK
+        if xrun_at is not None and t_out > xrun_at:
+            t_out += BLOCK / out_rate  # the device played a period of its own: ours come a period later
         t = min(t_in, t_out, next_pull)
         if t > seconds:
             break
@@ -123,3 +127,24 @@ def test_underruns_are_counted_and_said_once_when_they_start_and_once_when_they_
     assert counters["underruns"] > 20
     said = [r.getMessage() for r in caplog.records if "underrun" in r.getMessage()]
     assert len(said) == 2 and "output underrun" in said[0] and "underruns ended" in said[1], said
+
+
+def test_a_period_lost_by_the_output_driver_is_a_step_not_drift() -> None:
+    """An xrun in the output driver (it plays a period of its own silence, so every later
+    sample of ours plays 16 ms later): corrected in the next silence, counted as a clock
+    step, and left out of the drift."""
+    delay_ms, burst = 150.0, int(0.3 * RATE)
+    pt, voice, played, starts, out_rate, captured = simulate(100.0, delay_ms, 60.0, xrun_at=30.0)
+    counters = pt.counters()
+    assert counters["clock_steps"] == 1 and counters["drift_ppm"] == pytest.approx(100.0, abs=5.0)
+    late = BLOCK / out_rate  # every output sample after the xrun plays this much later
+    for s in starts:
+        if s + burst > captured or 29.0 < s / RATE < 32.0:  # the bursts around the xrun itself
+            continue
+        guess = int((s + 1) / RATE * out_rate + delay_ms / 1000 * out_rate)
+        lo = max(0, guess - RATE // 10)
+        c = np.correlate(played[lo : guess + RATE // 10 + burst], voice[s : s + burst], mode="valid")
+        at = lo + int(np.argmax(c))
+        shift = late if s / RATE > 30.0 else 0.0
+        true_delay = (at / out_rate + shift - (s + 1) / RATE) * 1000.0
+        assert true_delay == pytest.approx(delay_ms, abs=1.0), s / RATE

@@ -38,27 +38,39 @@ def recent(slots_time: np.ndarray, slots_pos: np.ndarray, count: int,
     return slots_time[idx], slots_pos[idx]
 
 
+#: a change of the two clocks' offset this big from one hop to the next is a step (a period
+#: lost or gained by a driver: an xrun), not drift; drift moves 0.03 ms a hop at 1000 ppm
+STEP_S = 0.002
+
+
 class ClockDrift:
     """How much faster the output clock runs than the input clock, in ppm, from how the two
-    offsets move apart over the run (reported after ``min_s`` seconds)."""
+    offsets move apart over the run (reported after ``min_s`` seconds).  Steps (a driver
+    that lost or gained a period) are counted apart and left out of the rate."""
 
     def __init__(self, min_s: float = 10.0) -> None:
         self.min_s = min_s
-        self._first: tuple[float, float, float] | None = None
-        self._last: tuple[float, float, float] | None = None
+        self.steps = 0  #: steps seen (each corrected like drift, in silence)
+        self._first: tuple[float, float] | None = None  #: (time, output - input offset)
+        self._last: tuple[float, float] | None = None
+        self._stepped = 0.0  #: the steps' sum (s)
 
     def restart(self) -> None:
         self._first = self._last = None
+        self._stepped = 0.0
 
     def observe(self, now: float, out_offset: float, in_offset: float) -> None:
+        gap = out_offset - in_offset
         if self._first is None:
-            self._first = (now, out_offset, in_offset)
-        self._last = (now, out_offset, in_offset)
+            self._first = (now, gap)
+        elif self._last is not None and abs(gap - self._last[1]) > STEP_S:
+            self._stepped += gap - self._last[1]
+            self.steps += 1
+        self._last = (now, gap)
 
     @property
     def ppm(self) -> float | None:
         if self._first is None or self._last is None or self._last[0] - self._first[0] < self.min_s:
             return None
-        t0, o0, i0 = self._first
-        t1, o1, i1 = self._last
-        return round(-((o1 - o0) - (i1 - i0)) / (t1 - t0) * 1e6, 2)
+        (t0, g0), (t1, g1) = self._first, self._last
+        return round(-(g1 - g0 - self._stepped) / (t1 - t0) * 1e6, 2)

@@ -426,6 +426,7 @@ class Passthrough:
             "mode": "auto" if self.policy.auto else "fixed",
             "auto_steps": self.policy.steps,
             "drift_ppm": self.drift.ppm,
+            "clock_steps": self.drift.steps,
             "corrections": self.corrections,
             "inserted_samples": self.inserted,
             "dropped_samples": self.dropped,
