@@ -103,7 +103,7 @@ def test_played_voice_is_the_captured_voice_delayed_by_delay_ms(tmp_path: Path) 
     samples, starts = bursts(6.0)
     implied = {}
     for delay in (120.0, 320.0):
-        stats, played = run_passthrough(tmp_path, samples, 4.5, {"delay_ms": delay})
+        stats, played = run_passthrough(tmp_path, samples, 3.5, {"delay_ms": delay})
         pt = stats["passthrough"]
         assert pt["underruns"] == 0 and pt["output_losses"] == 0 and pt["mode"] == "fixed"
         heard = burst_lags(played, samples, starts)
@@ -126,13 +126,13 @@ def test_auto_delay_follows_latency_p95_only_in_silence(tmp_path: Path) -> None:
     2 s on, as a slow CPU model would): the delay follows p95 + receiver_ms, in steps taken
     only between bursts, so every burst is still played intact.  (Auto mode starts the voice
     once half a second of latency is known: the first burst, at 0.3 s, is cut.)"""
-    samples, starts = bursts(11.0, seed=1)
+    samples, starts = bursts(9.0, seed=1)
 
     def slow_after_2s(frame: FaceFrame) -> None:
         if frame.number >= 60 and frame.number % 3 == 0:
             time.sleep(0.07)
 
-    stats, played = run_passthrough(tmp_path, samples, 9.0, {"delay_ms": "auto", "receiver_ms": 120.0},
+    stats, played = run_passthrough(tmp_path, samples, 7.0, {"delay_ms": "auto", "receiver_ms": 120.0},
                                     on_frame=slow_after_2s)  # fmt: skip
     pt = stats["passthrough"]
     p95 = stats["latency_window_ms"]["main"]["p95"]
@@ -141,7 +141,7 @@ def test_auto_delay_follows_latency_p95_only_in_silence(tmp_path: Path) -> None:
     assert pt["target_ms"] == pytest.approx(p95 + 120.0, abs=20.0)  # settled within 20 ms
     assert pt["delay_ms"] == pytest.approx(pt["target_ms"], abs=1.0)
     heard = burst_lags(played, samples, starts)[1:]
-    assert len(heard) >= 8, heard
+    assert len(heard) >= 6, heard
     # never a step inside a burst: each one intact, the lag only changing between them
     assert all(corr > 0.999 for _, corr in heard), heard
     assert heard[-1][0] - heard[0][0] > 20 * RATE // 1000  # and the lag did grow across the run
