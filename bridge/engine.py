@@ -710,10 +710,10 @@ class Bridge:
             b = self.batch_summary()
             batch = f", {len(self.performers)} performers, batch mean {b['mean']:g} max {b['max']}"
         log.info(
-            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms%s%s; outputs: %s",
+            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms%s%s%s; outputs: %s",
             s.frames_published, dropped, nonfinite, s.latency.percentile(50),
             s.latency.percentile(99), s.inference.percentile(50), batch, self._input_status(),
-            describe_health(self.outputs),
+            self.sync.describe(), describe_health(self.outputs),
         )  # fmt: skip
 
     def _input_status(self) -> str:

@@ -94,6 +94,10 @@ class SyncHub:
         if self.passthrough is not None:
             self.passthrough.stop()
 
+    def describe(self) -> str:
+        """The progress line's part: the voice passthrough's state (empty without one)."""
+        return "" if self.passthrough is None else f"; {self.passthrough.describe()}"
+
     def counters(self) -> dict[str, Any]:
         """For ``--stats``: each performer's latency p50/p95 (last 10 s), the passthrough's counters."""
         now = time.monotonic() + 1.0  # past the cache: the final values

@@ -417,6 +417,16 @@ class Passthrough:
                     self._underrun_last - since)  # fmt: skip
         self._underrun_since = None
 
+    def describe(self) -> str:
+        """``voice on 'CABLE Input': delay 212.0 ms (auto), drift +3.1 ppm, underruns 0``."""
+        if self._lost_since is not None:
+            return f"voice on '{self.name}': LOST for {self.clock() - self._lost_since:.0f} s"
+        delay = "starting" if self.delay_ms is None or not self.policy.aligned else f"{self.delay_ms:.1f} ms"
+        ppm = self.drift.ppm
+        drift = f", drift {ppm:+.1f} ppm" if ppm is not None else ""
+        mode = "auto" if self.policy.auto else "fixed"
+        return f"voice on '{self.name}': delay {delay} ({mode}){drift}, underruns {self.underruns}"
+
     def counters(self) -> dict[str, object]:
         """For ``--stats``: the delay now and held, drift, corrections, underruns, losses."""
         return {
