@@ -157,6 +157,7 @@ BOUNDS: dict[str, Bound] = {
     "sync.receiver_ms": Bound(0, 2000, "ms"),
     "sync.channel": Bound(0, 255, note='or "mix"; default: the performer\'s own'),
     "sync.silence_db": Bound(-120, 0, "dBFS"),
+    "sync.samplerate": Bound(8000, 384000, "Hz"),
     "output.port": Bound(1, 65535),
     "output.range": Bound(-1e6, 1e6),
     "output.threshold": Bound(0, 1e6, note="output units"),
@@ -249,6 +250,9 @@ class SyncConfig:
         None, _channel, "channel of that performer's input to play; default the performer's own"
     )
     silence_db: float = _opt(-50.0, None, "block level (dBFS) below which the delay may change")
+    samplerate: int | None = _opt(
+        None, doc="rate the output device is opened at; default the input's (another rate is resampled)"
+    )
 
 
 def _unit(v: float) -> str | None:

@@ -350,8 +350,9 @@ def virtual_mic_server(
 def virtual_mic_and_speaker(raw_samples: np.ndarray, record_path: str | Path, rate: int = 16000,
                             min_seconds: float = 20.0) -> Iterator[tuple[str, str]]:  # fmt: skip
     """A virtual microphone that "hears" ``raw_samples`` (int16 mono) and a virtual speaker
-    that records what is played into ``record_path`` (raw S16_LE mono), on one JACK server
-    (one clock); yield their names.  The recording starts when the playback stream opens."""
+    that records what is played into ``record_path`` (raw S16_LE mono at ``rate``: played at
+    another rate, its plug converts first), on one JACK server (one clock); yield their
+    names.  The recording starts when the playback stream opens."""
     speaker = unique_name().replace("vmic", "vspk")
     record = Path(record_path).resolve()
     if any(c in str(record) for c in '"\\\n'):

@@ -55,7 +55,7 @@ class SyncHub:
         from bridge.sync.passthrough import Passthrough
 
         fixed = None if sync.delay_ms == "auto" else float(sync.delay_ms)
-        policy = DelayPolicy(source.samplerate, fixed, sync.receiver_ms)
+        policy = DelayPolicy(sync.samplerate or source.samplerate, fixed, sync.receiver_ms)
         tracker = self.tracker
 
         def p95() -> tuple[float | None, int]:
@@ -64,7 +64,8 @@ class SyncHub:
         try:
             device = resolve_output_device(sync.passthrough_device)
             self.passthrough = Passthrough(device, source.samplerate, source.channels, take, inp.blocksize,
-                                           policy, p95, getattr(source, "worker", None))  # fmt: skip
+                                           policy, p95, getattr(source, "worker", None),
+                                           out_rate=sync.samplerate)  # fmt: skip
         except BridgeError as e:
             raise BridgeError(f"{cfg.source}: {e}") from None
         self.passthrough.set_silence(sync.silence_db)

@@ -59,11 +59,13 @@ class Passthrough:
     def __init__(self, device: OutputDevice, rate: int, channels_in: int, channel: int | None,
                  blocksize: int, policy: DelayPolicy,
                  latency_p95: Callable[[], tuple[float | None, int]],
-                 worker: PortAudioWorker | None = None) -> None:  # fmt: skip
+                 worker: PortAudioWorker | None = None, out_rate: int | None = None) -> None:  # fmt: skip
         """``channel`` None mixes the input's channels; ``latency_p95`` gives the voice's
         performer's latency p95 (ms) and how many frames it is taken from (auto mode).
         ``worker``: the capture device's PortAudio worker, so that PortAudio is only ever
-        called from one thread at a time (it is not thread-safe)."""
+        called from one thread at a time (it is not thread-safe).  ``out_rate``: the rate the
+        device is opened at (default ``rate``, the input's); another is resampled with soxr's
+        streaming resampler, whose output sample k is input time k / out_rate exactly."""
         self.device = device
         self.name = device.name
         #: the clock callbacks and blocks are stamped with (a test may drive simulated clocks)
@@ -71,15 +73,20 @@ class Passthrough:
         if channel is not None and channel >= channels_in:
             raise BridgeError(f"sync.channel = {channel}: the input has {channels_in} channel(s) "
                               f"(0..{channels_in - 1})")  # fmt: skip
-        self.rate = rate
+        self.rate = rate  #: the input's
+        self.out_rate = out_rate or rate
         self.channel = channel
-        self.blocksize = blocksize
+        self.blocksize = blocksize  #: the input's
+        self.out_blocksize = max(1, round(blocksize * self.out_rate / rate))
+        self._resampler: Any = None  #: soxr's stream from the rate to out_rate (None: the same rate)
+        self._x_first = 0  #: resampling: the capture sample the resampler started at
+        self._out_next = 0  #: resampling: the resampler's next output sample (written or dropped)
         self.policy = policy
         self.latency_p95 = latency_p95
         self.out_channels = min(2, self.device.max_output_channels)
-        self.ring = SampleRing(int(rate * RING_S), 1, time_slots=16)
+        self.ring = SampleRing(int(self.out_rate * RING_S), 1, time_slots=16)
         self._mix = np.zeros((self.ring.capacity, 1), np.float32)  #: the chosen channel of a block
-        self._zeros = np.zeros((int(rate * 0.5), 1), np.float32)
+        self._zeros = np.zeros((int(self.out_rate * 0.5), 1), np.float32)
         self._silence_rms = 0.0
         # Written by the callback only (read by the hop thread).
         self._cb_time = np.zeros(CALLBACK_SLOTS)
@@ -107,7 +114,8 @@ class Passthrough:
         self._underrun_fed = 0  #: underruns the delay policy has been told of
         self.drift = ClockDrift()
         self.delay_ms: float | None = None  #: the delay measured at the last block
-        #: play time minus capture time of equal sample indices (ms): delay = this + (s - x - 1) / rate
+        #: when output stream sample 0 plays minus when capture sample 0 was captured (ms):
+        #: delay = this + s / out_rate - (x + 1) / rate
         self.clock_offset_ms: float | None = None
         self.corrections = 0
         self.inserted = 0  #: samples of silence inserted (start excluded)
@@ -188,9 +196,9 @@ class Passthrough:
         callback, finished = self._make_callback(generation)
         stream = None
         try:
-            stream = sd.OutputStream(device=self.device.index, samplerate=self.rate,
+            stream = sd.OutputStream(device=self.device.index, samplerate=self.out_rate,
                                      channels=self.out_channels, dtype="float32",
-                                     blocksize=self.blocksize, latency="low",
+                                     blocksize=self.out_blocksize, latency="low",
                                      callback=callback, finished_callback=finished)  # fmt: skip
             latency = float(stream.latency)
             self.output_latency_s = latency if 0.0 <= latency < 1.0 else 0.0
@@ -205,8 +213,8 @@ class Passthrough:
                 raise
             raise BridgeError(
                 f"sync.passthrough_device: cannot open output device {self.device.label()} at "
-                f"{self.rate} Hz (the input's rate), {self.out_channels} ch: {exc}; pick a device that "
-                "plays at that rate, or capture at a rate it plays (input.samplerate)"
+                f"{self.out_rate} Hz, {self.out_channels} ch: {exc}; set sync.samplerate to a rate it "
+                f"plays (e.g. its default, {self.device.default_samplerate:g})"
             ) from exc
 
     def _reset_clock(self) -> None:
@@ -262,7 +270,7 @@ class Passthrough:
         x0 = raw_end - n
         if self._next_raw is not None and x0 != self._next_raw:
             lost = x0 - self._next_raw
-            if 0 < lost < self.ring.capacity // 4 and self.policy.aligned:
+            if 0 < lost < self.ring.capacity // 4 and self.policy.aligned and self._resampler is None:
                 self._write_zeros(lost)  # audio the capture lost: its time, in silence
             else:  # the capture jumped (a device back): start the voice again at the delay
                 self.policy.restart()
@@ -277,7 +285,13 @@ class Passthrough:
             col[:] = block[:, self.channel : self.channel + 1]
         flat = col[:, 0]
         silent = n == 0 or float(np.dot(flat, flat)) < n * self._silence_rms**2
-        delay = self._measure(x0, now)
+        resampling = self.out_rate != self.rate
+        if resampling and not self.policy.aligned:  # (re)start: the resampler from this block on
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.rate, self.out_rate, 1, dtype="float32", quality="HQ")
+            self._x_first, self._out_next = x0, 0
+        delay = self._measure(self._next_input(x0), now)
         if delay is None:
             return
         if self._short > self._underrun_fed:
@@ -288,7 +302,8 @@ class Passthrough:
         starting = not self.policy.aligned
         k = self.policy.correction(delay, silent)
         if k < 0 and not starting:
-            k = max(k, -n)  # drop only from this silent block, never from the speech after it
+            # drop only from this silent block, never from the speech after it
+            k = max(k, -int(n * self.out_rate / self.rate))
         if k and not starting:
             self.corrections += 1
             if len(self.log) < 1000:
@@ -303,11 +318,22 @@ class Passthrough:
                 self.dropped += -k
         if not self.policy.aligned:
             return
-        skip = min(self._drop_pending, n)
+        out = col
+        if self._resampler is not None:
+            out = self._resampler.resample_chunk(flat)[:, None]
+            self._out_next += out.shape[0]
+        m = out.shape[0]
+        skip = min(self._drop_pending, m)
         self._drop_pending -= skip
-        if skip < n:
-            self.ring.write(col[skip:], now)
+        if skip < m:
+            self.ring.write(out[skip:], now)
             self._primed = True
+
+    def _next_input(self, x0: int) -> float:
+        """The capture sample (fractional when resampling) the next sample written will be."""
+        if self._resampler is None:
+            return x0 + self._drop_pending
+        return self._x_first + (self._out_next + self._drop_pending) * self.rate / self.out_rate
 
     def _feed_floor_ms(self, x0: int, now: float) -> float:
         """The least delay that feeds the voice in time: the longest a block waited for the hop
@@ -321,26 +347,26 @@ class Passthrough:
         """Output stream sample at which the next sample written will play."""
         return self.ring.written - self._stream_base + self._zero_filled
 
-    def _measure(self, x0: int, now: float) -> float | None:
-        """The delay (ms) at which capture sample ``x0`` plays if written next; None until both
-        clocks have been seen."""
+    def _measure(self, x_next: float, now: float) -> float | None:
+        """The delay (ms) at which capture sample ``x_next`` plays if written next; None until
+        both clocks have been seen."""
         count = self._callbacks
         source_ring = self._source_ring
         if source_ring is None or count < 4 or source_ring.blocks < 2:
             return None
-        keep_out = max(4, int(WINDOW_S * self.rate / self.blocksize))
+        keep_out = max(4, int(WINDOW_S * self.out_rate / self.out_blocksize))
+        keep_in = max(4, int(WINDOW_S * self.rate / self.blocksize))
         t_out, s_out = recent(self._cb_time, self._cb_start, count, keep_out)
-        out_offset = clock_offset(t_out, s_out, self.rate)
+        out_offset = clock_offset(t_out, s_out, self.out_rate)
         slots = source_ring._slots
         t_in, e_in = recent(source_ring._block_time, source_ring._block_end, source_ring.blocks,
-                            min(slots, keep_out))  # fmt: skip
+                            min(slots, keep_in))  # fmt: skip
         in_offset = clock_offset(t_in, e_in, self.rate)
         self.drift.observe(now, out_offset, in_offset)
         self._in_offset = in_offset
         self.clock_offset_ms = (out_offset + self.output_latency_s - in_offset) * 1000.0
-        pending = self._drop_pending
-        plays = out_offset + self.output_latency_s + self._stream_position() / self.rate
-        captured = in_offset + (x0 + pending + 1) / self.rate
+        plays = out_offset + self.output_latency_s + self._stream_position() / self.out_rate
+        captured = in_offset + (x_next + 1) / self.rate
         self.delay_ms = (plays - captured) * 1000.0
         return self.delay_ms
 
