@@ -95,6 +95,15 @@ class SyncHub:
         if self.passthrough is not None:
             self.passthrough.stop()
 
+    def passthrough_state(self) -> dict[str, Any] | None:
+        """The voice passthrough's counters now (for a live view), None without one."""
+        if self.passthrough is None:
+            return None
+        doc = self.passthrough.counters()
+        doc.pop("corrections_log", None)
+        doc["lost"] = self.passthrough.lost
+        return doc
+
     def describe(self) -> str:
         """The progress line's part: the voice passthrough's state (empty without one)."""
         return "" if self.passthrough is None else f"; {self.passthrough.describe()}"

@@ -443,6 +443,11 @@ class Passthrough:
                     self._underrun_last - since)  # fmt: skip
         self._underrun_since = None
 
+    @property
+    def lost(self) -> bool:
+        """Whether the output device is lost now (said, and looked for)."""
+        return self._lost_since is not None
+
     def describe(self) -> str:
         """``voice on 'CABLE Input': delay 212.0 ms (auto), drift +3.1 ppm, underruns 0``."""
         if self._lost_since is not None:
