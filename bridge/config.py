@@ -154,6 +154,12 @@ BOUNDS: dict[str, Bound] = {
     "post.head.saccade_max_s": Bound(0.05, 60, "s"),
     "console.port": Bound(0, 65535, note="0 = any free port"),
     "control.osc_port": Bound(0, 65535, note="0 = any free port"),
+    "sync.passthrough_device": Bound(0, 1023, note="an index; or a name"),
+    "sync.delay_ms": Bound(0, 2000, "ms", 'or "auto"'),
+    "sync.receiver_ms": Bound(0, 2000, "ms"),
+    "sync.channel": Bound(0, 255, note='or "mix"; default: the performer\'s own'),
+    "sync.silence_db": Bound(-120, 0, "dBFS"),
+    "sync.samplerate": Bound(8000, 384000, "Hz"),
     "output.port": Bound(1, 65535),
     "output.range": Bound(-1e6, 1e6),
     "output.threshold": Bound(0, 1e6, note="output units"),
@@ -228,6 +234,27 @@ class ScheduleConfig:
 
     lookahead_frames: int = _opt(0, doc="frames held back for right-hand context")
     max_latency_ms: float = _opt(250.0, doc="skip ahead (and count drops) beyond this")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Voice passthrough: the captured voice played on an output device, as late as the face."""
+
+    passthrough_device: str | int | None = _opt(
+        None, doc="output device (name substring or index) the voice is played on; unset: no passthrough"
+    )
+    delay_ms: float | Literal["auto"] = _opt(
+        "auto", doc='how far behind the capture the voice plays; "auto": latency p95 + receiver_ms'
+    )
+    receiver_ms: float = _opt(0.0, doc="auto: the avatar app's own delay, added to the bridge's latency")
+    performer: str | None = _opt(None, doc="whose voice (a performer name); default the first")
+    channel: int | str | None = _opt(
+        None, _channel, "channel of that performer's input to play; default the performer's own"
+    )
+    silence_db: float = _opt(-50.0, None, "block level (dBFS) below which the delay may change")
+    samplerate: int | None = _opt(
+        None, doc="rate the output device is opened at; default the input's (another rate is resampled)"
+    )
 
 
 def _unit(v: float) -> str | None:
@@ -422,6 +449,9 @@ class OutputConfig:
     )
     scheme: Literal["arkit", "vmc"] = _opt("arkit", doc="osc: arkit (/arkit/<Name>) or vmc")
     speech: bool = _opt(False, doc="osc arkit: also send /arkit/speech (1 - CTC blank probability)")
+    latency_report: bool = _opt(
+        False, doc="osc: also send /a2e/latency (p50, p95 ms of the last 10 s) once a second"
+    )
     format: Literal["json", "livelink"] = _opt("json", doc="zmq: json or livelink packet bytes")
     topic: str = _opt("a2e", doc="zmq: topic prefix of every message")
     names: Literal["arkit", "epic", "unified"] = _opt(
@@ -496,7 +526,7 @@ class OutputConfig:
 
 _KIND_FIELDS = {
     "livelink": {"kind", "host", "port", "subject", "device_id", "timecode", "mirror", "performers"},
-    "osc": {"kind", "host", "port", "scheme", "speech", "mirror", "performers"},
+    "osc": {"kind", "host", "port", "scheme", "speech", "latency_report", "mirror", "performers"},
     "zmq": {"kind", "endpoint", "subject", "device_id", "format", "topic", "mirror", "performers"},
     "vrchat": {"kind", "host", "port", "names", "prefix", "parameters", "rename", "bundle", "listen_port",
                "avatar_config", "osc_folder", "mirror", "performers"},
@@ -568,6 +598,7 @@ class BridgeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     post: PostConfig = field(default_factory=PostConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     outputs: tuple[OutputConfig, ...] = (
         OutputConfig(kind="livelink", port=DEFAULT_PORTS["livelink"]),
         OutputConfig(kind="osc", port=DEFAULT_PORTS["osc"]),
@@ -598,7 +629,8 @@ class BridgeConfig:
 
 
 _SECTIONS = {"input": InputConfig, "model": ModelConfig, "schedule": ScheduleConfig,
-             "post": PostConfig, "console": ConsoleConfig, "control": ControlConfig}  # fmt: skip
+             "post": PostConfig, "console": ConsoleConfig, "control": ControlConfig,
+             "sync": SyncConfig}  # fmt: skip
 
 
 def load_config(path: str | Path | None) -> BridgeConfig:
@@ -645,6 +677,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> BridgeConfig
         parts["performers"] = _build_performers(performers, data, source)
     cfg = BridgeConfig(**parts, source=source)
     _check_outputs_serve(cfg)
+    _check_sync(cfg)
     return cfg
 
 
@@ -751,6 +784,17 @@ def _check_outputs_serve(cfg: BridgeConfig) -> None:
                 f"{where} serves {len(served)} performers, but its receivers know no subject: "
                 f'it takes exactly one; add performers = ["{served[0].name}"] (one output per performer)'
             )
+
+
+def _check_sync(cfg: BridgeConfig) -> None:
+    """``[sync] performer`` names a performer."""
+    name = cfg.sync.performer
+    names = [p.name for p in cfg.cast]
+    if name is not None and name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BridgeError(f"{cfg.source}: sync.performer = {name!r} is not a performer{hint} "
+                          f"(performers: {', '.join(names)})")  # fmt: skip
 
 
 def _build_output(table: dict[str, Any], source: str, index: int) -> OutputConfig:

@@ -49,6 +49,7 @@ from bridge.streams.capture import CaptureGroup
 from bridge.streams.performer import Performer
 from bridge.streams.scheduler import Hop
 from bridge.streams.stream import InputStream
+from bridge.sync.hub import SyncHub
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,14 @@ class Bridge:
             self.close()
             raise
         self.performers.sort(key=lambda p: p.index)
+        try:
+            captures = [g.capture for g in self.groups]
+            self.sync = SyncHub(cfg, self.outputs, self.performers, captures, window_frames)
+        except BaseException:
+            for s in sources:
+                s.stop()
+            self.close()
+            raise
         self.max_latency_s = cfg.schedule.max_latency_ms / 1000.0
         self.stats = RunStats(provider=self.runner.provider, model=self.model.preset)
         if self.model.fallback is not None:
@@ -258,7 +267,7 @@ class Bridge:
         self.guard = OutputGuard(max_frames=window_frames, performers=len(cast), names=names)
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
         self.publisher = FramePublisher(post, self.guard, self.outputs, self.stats, self.performers,
-                                        self.batch.speech, on_frame)  # fmt: skip
+                                        self.batch.speech, self.sync, on_frame)  # fmt: skip
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -342,6 +351,7 @@ class Bridge:
             for g in self.groups:
                 g.source.start()
                 g.watch.start(time.monotonic())
+            self.sync.start()
             while not stop.is_set():
                 t_busy, c_busy = time.perf_counter(), time.thread_time()
                 self.control.apply()  # console commands, between hops
@@ -355,6 +365,7 @@ class Bridge:
         finally:
             for g in self.groups:
                 g.source.stop()
+            self.sync.stop()
             self._finish_stats()
         return stats
 
@@ -365,6 +376,7 @@ class Bridge:
         stats.frames_expected = sum(p.stream.frames_total for p in self.performers)
         stats.nonfinite_frames = self.guard.finish()
         stats.extra.update(self._input_counters())
+        stats.extra.update(self.sync.counters())
         if len(self.performers) > 1:
             stats.extra["batch"] = self.batch_summary()
             # frames per window (a batch's windows each publish their own frames)
@@ -485,6 +497,7 @@ class Bridge:
         if g.watch.back():
             self._input_back(g, now)
             return 0.0
+        self.sync.tick()
         if now >= loss.next_frame_due:
             self._publish_rest(g, now, loss)
             # 30 fps on the wall clock; after a hold-up, go on from now rather than burst.
@@ -637,10 +650,10 @@ class Bridge:
             b = self.batch_summary()
             batch = f", {len(self.performers)} performers, batch mean {b['mean']:g} max {b['max']}"
         log.info(
-            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms%s%s; outputs: %s",
+            "frames %d (dropped %d%s), latency p50 %s ms p99 %s ms, inference p50 %s ms%s%s%s; outputs: %s",
             s.frames_published, dropped, nonfinite, s.latency.percentile(50),
             s.latency.percentile(99), s.inference.percentile(50), batch, self._input_status(),
-            describe_health(self.outputs),
+            self.sync.describe(), describe_health(self.outputs),
         )  # fmt: skip
 
     def _input_status(self) -> str:

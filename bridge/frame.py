@@ -47,6 +47,9 @@ class FaceFrame:
     text: str = ""
     #: index of the performer in ``BridgeConfig.cast`` (0 for the one performer of a plain config)
     performer: int = 0
+    #: ``time.monotonic()`` when the frame was made to be sent (None: not live); an encoder's
+    #: ``latency_ms`` is ``sent_at - capture_time``, so encoders need no clock of their own
+    sent_at: float | None = None
 
     @property
     def stream_time(self) -> float:

@@ -28,6 +28,7 @@ from bridge.post.finite import OutputGuard
 from bridge.stats import RunStats
 from bridge.streams.performer import Performer
 from bridge.streams.scheduler import Hop
+from bridge.sync.hub import SyncHub
 
 FrameHook = Callable[[FaceFrame], None]
 
@@ -53,13 +54,14 @@ class FramePublisher:
 
     def __init__(self, post: Any, guard: OutputGuard, outputs: list[Output], stats: RunStats,
                  performers: Sequence[Performer], speech_buffer: Callable[[int, int], np.ndarray],
-                 on_frame: FrameHook | None = None) -> None:  # fmt: skip
+                 sync: SyncHub, on_frame: FrameHook | None = None) -> None:  # fmt: skip
         self.post = post
         self.guard = guard
         self.outputs = outputs
         self.stats = stats
         self.performers = performers
         self.on_frame = on_frame
+        self.sync = sync  #: per-performer latency (and its report)
         self._speech_buffer = speech_buffer
         self._speech_prob = BatchSpeechProbability()
         self._latencies = np.zeros(64)  #: a block's latencies (ms), reused
@@ -102,6 +104,7 @@ class FramePublisher:
         speech, head = ctx.speech_prob, ctx.head
         assert head is not None
         probs = speech.tolist() if speech is not None else None
+        track = self.sync.block(len(hops), stride)
         latencies = self._latencies
         if latencies.shape[0] < len(hops) * stride:
             latencies = self._latencies = np.zeros(len(hops) * stride)
@@ -118,11 +121,12 @@ class FramePublisher:
                 capture = capture_time(frame_end_sample(number) - 1)
                 frame = FaceFrame(number, row_values[f], capture, row_head[f], subject,
                                   row_probs[f] if row_probs is not None else None,
-                                  text if f == last else "", index)  # fmt: skip
+                                  text if f == last else "", index, now)  # fmt: skip
                 for output in outputs:
                     output.publish(frame)
                 now = time.monotonic()
                 latency_ms = (now - capture) * 1000.0
+                track[i, f] = latency_ms
                 if index == 0:
                     stats.record_send(now, latency_ms)
                 else:
@@ -135,6 +139,7 @@ class FramePublisher:
             p.published += stride
             p.rest.remember(row_values[last], row_head[last])
         stats.record_latencies(latencies[:j])
+        self.sync.published([p.index for p, _hop in hops], now)
         return worst_ms, now
 
     def _serving(self) -> list[tuple[Output, ...]]:
@@ -152,7 +157,7 @@ class FramePublisher:
         serving = self._serving()
         for p, number in zip(performers, numbers, strict=True):
             values, head = p.rest.at(seconds)
-            frame = FaceFrame(number, values, now, head, p.subject, prob, "", p.index)
+            frame = FaceFrame(number, values, now, head, p.subject, prob, "", p.index, now)
             for output in serving[p.index] if p.index < len(serving) else ():
                 output.publish(frame)
             p.published += 1

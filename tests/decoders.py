@@ -60,7 +60,7 @@ def _osc_string(data: bytes, pos: int) -> tuple[str, int]:
 
 
 def decode_osc_message(data: bytes) -> tuple[str, list[Any]]:
-    """(address, args) of one OSC 1.0 message; types i f s b, plus T F N without data."""
+    """(address, args) of one OSC 1.0 message; types i f s b d, plus T F N without data."""
     address, pos = _osc_string(data, 0)
     tags, pos = _osc_string(data, pos)
     if not tags.startswith(","):
@@ -73,6 +73,9 @@ def decode_osc_message(data: bytes) -> tuple[str, list[Any]]:
         elif tag == "f":
             args.append(struct.unpack_from(">f", data, pos)[0])
             pos += 4
+        elif tag == "d":
+            args.append(struct.unpack_from(">d", data, pos)[0])
+            pos += 8
         elif tag == "s":
             text, pos = _osc_string(data, pos)
             args.append(text)

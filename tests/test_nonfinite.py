@@ -161,9 +161,9 @@ def run_through_receivers(cfg: dict[str, Any], raw: bool) -> tuple[Bridge, dict,
 
 
 def osc_frames(osc: OscReceiver) -> list[dict[str, float]]:
-    """The /arkit/* values of each bundle, in arrival order (54 messages a frame with speech)."""
+    """The /arkit/* values of each bundle, in arrival order (55 messages a frame with speech)."""
     msgs = osc.messages
-    return [{a: v[0] for a, v in msgs[i : i + 54]} for i in range(0, len(msgs), 54)]
+    return [{a: v[0] for a, v in msgs[i : i + 55]} for i in range(0, len(msgs), 55)]
 
 
 def livelink_as_arkit(packet: dict[str, Any]) -> np.ndarray:

@@ -27,6 +27,7 @@ from bridge.outputs import (
     ZmqPubTransport,
     build_output,
 )
+from bridge.sync.clock import wall_time
 
 MIRROR_PAIRS = [
     ("EyeBlinkLeft", "EyeBlinkRight"),
@@ -113,7 +114,8 @@ def test_livelink_frame_number_wraps_as_int32() -> None:
 def test_osc_arkit_bundle() -> None:
     frame = make_frame(77)
     msgs = decode_osc_bundle(OscEncoder("arkit").encode(frame))
-    assert [a for a, _ in msgs] == [f"/arkit/{n}" for n in EPIC_NAMES] + ["/arkit/frame"]
+    assert [a for a, _ in msgs] == [f"/arkit/{n}" for n in EPIC_NAMES] + ["/arkit/time", "/arkit/frame"]
+    assert msgs[52][1] == [pytest.approx(wall_time(frame.capture_time), abs=1e-6)]  # a double: Unix seconds
     for (_, args), name in zip(msgs, EPIC_NAMES, strict=False):
         assert args == [expected(frame, name)]
     assert msgs[-1][1] == [77]
@@ -162,10 +164,16 @@ def split(message: bytes) -> tuple[bytes, bytes]:
 
 def test_zmq_json_message() -> None:
     frame = make_frame(45)
+    frame.capture_time, frame.sent_at = 100.0, 100.0625  # sent 62.5 ms after its capture
     topic, payload = split(ZmqEncoder("json", "face", "Ana", "dev").encode(frame))
     doc = json.loads(payload)
     assert topic == b"face"
-    assert list(doc) == ["subject", "frame", "time", "names", "values", "speech", "text"]
+    assert list(doc) == ["subject", "frame", "time", "capture_time", "latency_ms", "names", "values",
+                         "speech", "text"]  # fmt: skip
+    assert doc["capture_time"] == pytest.approx(wall_time(frame.capture_time), abs=1e-6)
+    assert doc["latency_ms"] == 62.5
+    frame.sent_at = None  # a frame not sent live (offline, a test) has no latency
+    assert json.loads(split(ZmqEncoder("json", "face", "Ana", "dev").encode(frame))[1])["latency_ms"] is None
     assert (doc["subject"], doc["frame"], doc["time"]) == ("Ana", 45, 1.5)
     assert doc["speech"] is None and doc["text"] == ""  # no CTC head behind this frame
     assert doc["names"] == list(EPIC_NAMES)
@@ -178,7 +186,8 @@ def test_osc_arkit_speech_message() -> None:
     frame = make_frame(9)
     frame.speech_prob = 0.75
     msgs = decode_osc_bundle(OscEncoder("arkit", speech=True).encode(frame))
-    assert msgs[52] == ("/arkit/speech", [0.75]) and msgs[53] == ("/arkit/frame", [9])
+    assert msgs[52] == ("/arkit/speech", [0.75]) and msgs[54] == ("/arkit/frame", [9])
+    assert msgs[53][0] == "/arkit/time"
     frame.speech_prob = None  # a model without a CTC head
     assert decode_osc_bundle(OscEncoder("arkit", speech=True).encode(frame))[52][1] == [-1.0]
     with pytest.raises(BridgeError, match="needs scheme"):
@@ -299,7 +308,8 @@ def serve_one_bundle(scheme: str, frame: FaceFrame) -> list[tuple[str, tuple]]:
 def test_osc_arkit_received_by_python_osc() -> None:
     frame = make_frame(300, 0.125)
     got = serve_one_bundle("arkit", frame)
-    assert [a for a, _ in got] == [f"/arkit/{n}" for n in EPIC_NAMES] + ["/arkit/frame"]
+    assert [a for a, _ in got] == [f"/arkit/{n}" for n in EPIC_NAMES] + ["/arkit/time", "/arkit/frame"]
+    assert dict(got)["/arkit/time"] == (pytest.approx(wall_time(frame.capture_time), abs=1e-6),)
     values = dict(got)
     assert values["/arkit/JawOpen"] == (18 / 64 + 0.125,)
     assert values["/arkit/EyeBlinkRight"] == (expected(frame, "EyeBlinkRight"),)

@@ -179,11 +179,11 @@ def osc_messages(performers: list[tuple[int, str | None]], frames: range | tuple
 
 def test_osc_two_performers_under_their_subjects() -> None:
     got = osc_messages([(0, "Ana"), (1, "Ben")], (0, 1, 2), speech=True)  # performer 2 is not served
-    assert len(got) == 2 * 3 * (NUM_BLENDSHAPES + 2)
+    assert len(got) == 2 * 3 * (NUM_BLENDSHAPES + 3)
     by_address = defaultdict(list)
     for address, args in got:
         by_address[address].append(args)
-    want = {f"/arkit/{s}/{n}" for s in ("Ana", "Ben") for n in (*EPIC_NAMES, "speech", "frame")}
+    want = {f"/arkit/{s}/{n}" for s in ("Ana", "Ben") for n in (*EPIC_NAMES, "speech", "time", "frame")}
     assert set(by_address) == want
     for p, s in enumerate(("Ana", "Ben")):
         assert by_address[f"/arkit/{s}/frame"] == [(0,), (1,), (2,)]
@@ -196,7 +196,7 @@ def test_osc_two_performers_under_their_subjects() -> None:
 def test_osc_one_performer_keeps_the_plain_addresses() -> None:
     got = osc_messages([(1, "Ben")], (0, 1, 2), speech=False)
     addresses = {a for a, _ in got}
-    assert addresses == {f"/arkit/{n}" for n in (*EPIC_NAMES, "frame")}
+    assert addresses == {f"/arkit/{n}" for n in (*EPIC_NAMES, "time", "frame")}
     jaw = [args[0] for a, args in got if a == "/arkit/JawOpen"]
     assert jaw == [float(face(k, 1).values[EPIC_NAMES.index("JawOpen")]) for k in range(3)]
 
@@ -397,10 +397,10 @@ def awkward_frames() -> list[FaceFrame]:
 #: encoders wrote them before outputs served several performers (main at 4ceaaf4).
 WIRE_DIGESTS = {
     'livelink mirror=False': '68e2e79058ca44fa',
-    'osc arkit mirror=False': '0aadaab593ed15d5',
-    'osc arkit speech mirror=False': '12f5166cb9431dd7',
+    'osc arkit mirror=False': '08bcba015eff1fcb',
+    'osc arkit speech mirror=False': '1a9a9b1e7000d165',
     'osc vmc mirror=False': '956a042bf24e1978',
-    'zmq json mirror=False': '914944fa2c1a3f4f',
+    'zmq json mirror=False': 'd1ce33231863c00e',
     'zmq livelink mirror=False': '5d6f9b3a8eaeb0e0',
     'ifacialmocap v1 mirror=False': 'c7b4ecf616dc9898',
     'ifacialmocap v2 mirror=False': '795d4a118c62ff54',
@@ -409,10 +409,10 @@ WIRE_DIGESTS = {
     'console on change mirror=False': '92f2351144cdfabc',
     'vrchat arkit mirror=False': '6062af312b9c0a7d',
     'livelink mirror=True': '9413a3f407262f7d',
-    'osc arkit mirror=True': '6564dada16846ff3',
-    'osc arkit speech mirror=True': 'd6a74f0131da677e',
+    'osc arkit mirror=True': '09b02f5ea7d8b327',
+    'osc arkit speech mirror=True': '208f6b4351390ce4',
     'osc vmc mirror=True': 'cde99ed96b6c5544',
-    'zmq json mirror=True': '1a416bf7ed370dab',
+    'zmq json mirror=True': '0e69e8115dda1295',
     'zmq livelink mirror=True': '11bb7ea78c19cab4',
     'ifacialmocap v1 mirror=True': 'fd6043ad0a0573eb',
     'ifacialmocap v2 mirror=True': '16cf0448ce363300',
@@ -462,5 +462,9 @@ def wire_digests() -> dict[str, str]:
     return digests
 
 
-def test_every_encoder_sends_the_bytes_it_sent_before() -> None:
+def test_every_encoder_sends_the_bytes_it_sent_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.sync.clock
+
+    # capture times go out as time of day (osc arkit /arkit/time, zmq json capture_time): fix the day
+    monkeypatch.setattr(bridge.sync.clock, "WALL_OFFSET", 1_800_000_000.0)
     assert wire_digests() == WIRE_DIGESTS

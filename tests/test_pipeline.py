@@ -108,7 +108,7 @@ def test_every_output_carries_frame_k_under_the_right_names(tmp_path: Path, orde
         else:
             current[addr.removeprefix("/arkit/")] = args[0]
     assert sorted(frames) == list(range(FRAMES))
-    bundles = [osc.messages[i : i + 53] for i in range(0, len(osc.messages), 53)]
+    bundles = [osc.messages[i : i + 54] for i in range(0, len(osc.messages), 54)]  # 52, time, frame
     assert len(bundles) == FRAMES
     for bundle in bundles:
         by_addr = dict((a, v[0]) for a, v in bundle)

@@ -93,6 +93,33 @@ pcm.{name} {{
 """
 
 
+# A virtual speaker: what is played is recorded, raw S16_LE mono, into a file (from the open on).
+ALSA_PLAYBACK_TEMPLATE = """\
+# Virtual speaker {name!r}: records what is played into {record} (raw S16_LE, 1 ch), paced by jackd.
+pcm.{name} {{
+    type plug
+    slave {{
+        pcm {{
+            type file
+            file "{record}"
+            format "raw"
+            slave.pcm {{
+                type plug
+                slave.pcm {{
+                    type jack
+                    playback_ports {{ 0 system:playback_1 }}
+                    capture_ports {{ 0 system:capture_1 }}
+                }}
+            }}
+        }}
+        format S16_LE
+        channels 1
+        rate {rate}
+    }}
+}}
+"""
+
+
 def alsa_config(name: str, raw_path: str | Path, rate: int, channels: int = 1) -> str:
     """ALSA config text defining capture PCM ``name`` that plays ``raw_path`` (interleaved
     S16_LE, ``channels`` channels) at ``rate``."""
@@ -275,7 +302,7 @@ class JackServer:
 @contextlib.contextmanager
 def virtual_mic_server(
     raw_path: str | Path, rate: int = 16000, name: str | None = None, portaudio: bool = True,
-    channels: int = 1,
+    channels: int = 1, extra_config: str = "",
 ) -> Iterator[tuple[str, JackServer]]:
     """Run a virtual capture device playing ``raw_path`` (S16_LE mono); yield its name and server.
 
@@ -296,7 +323,7 @@ def virtual_mic_server(
     saved = {k: os.environ.get(k) for k in keys}
     with tempfile.TemporaryDirectory(prefix="a2e-vmic-") as tmp:
         conf = Path(tmp) / "asound.conf"
-        conf.write_text(alsa_config(name, raw_path, rate, channels))
+        conf.write_text(alsa_config(name, raw_path, rate, channels) + extra_config)
         levels = _portaudio_suspend()
         os.environ["ALSA_CONFIG_PATH"] = f"{ALSA_BASE_CONFIG}:{conf}"
         os.environ["JACK_DEFAULT_SERVER"] = server
@@ -317,6 +344,25 @@ def virtual_mic_server(
                 else:
                     os.environ[k] = v
             _portaudio_resume(levels)
+
+
+@contextlib.contextmanager
+def virtual_mic_and_speaker(raw_samples: np.ndarray, record_path: str | Path, rate: int = 16000,
+                            min_seconds: float = 20.0) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """A virtual microphone that "hears" ``raw_samples`` (int16 mono) and a virtual speaker
+    that records what is played into ``record_path`` (raw S16_LE mono at ``rate``: played at
+    another rate, its plug converts first), on one JACK server (one clock); yield their
+    names.  The recording starts when the playback stream opens."""
+    speaker = unique_name().replace("vmic", "vspk")
+    record = Path(record_path).resolve()
+    if any(c in str(record) for c in '"\\\n'):
+        raise ValueError(f"record path {record!r} must not contain quotes, backslashes or newlines")
+    with tempfile.TemporaryDirectory(prefix="a2e-vmic-raw-") as tmp:
+        raw = write_raw(Path(tmp) / "mic.raw", raw_samples, rate, min_seconds)
+        name = unique_name()
+        extra = ALSA_PLAYBACK_TEMPLATE.format(name=speaker, record=record, rate=int(rate))
+        with virtual_mic_server(raw, rate, name, extra_config=extra) as (device, _server):
+            yield device, speaker
 
 
 @contextlib.contextmanager

@@ -440,6 +440,12 @@ class DeviceSource:
             self._worker.call(close_current, "closing the device", CLOSE_TIMEOUT_S)
 
     @property
+    def worker(self) -> PortAudioWorker:
+        """The thread PortAudio is driven from: another stream of this process (the voice
+        passthrough) shares it, since PortAudio must be called from one thread at a time."""
+        return self._worker
+
+    @property
     def finished(self) -> bool:
         """A device never runs out of audio."""
         return False

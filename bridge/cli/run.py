@@ -140,9 +140,15 @@ def _with_console(cfg: Any, port: int) -> Any:
 
 
 @click.command()
+@click.option("--output", is_flag=True, help="list output devices (for [sync] passthrough_device)")
 @friendly
-def devices() -> None:
-    """List audio input devices with their rates and channel counts."""
+def devices(output: bool) -> None:
+    """List audio input (or output) devices with their rates and channel counts."""
+    if output:
+        from bridge.sync.devices import describe_output_devices
+
+        click.echo(describe_output_devices())
+        return
     from bridge.audio.device import describe_devices
 
     click.echo(describe_devices())

@@ -25,6 +25,7 @@ from bridge.errors import BridgeError
 from bridge.frame import FPS, FaceFrame
 from bridge.outputs.base import inverse_permutation, wrap_int32
 from bridge.outputs.osc_template import check_address
+from bridge.sync.clock import wall_time
 
 OscScheme = Literal["arkit", "vmc"]
 SCHEMES: tuple[str, ...] = ("arkit", "vmc")
@@ -32,6 +33,8 @@ SCHEMES: tuple[str, ...] = ("arkit", "vmc")
 ARKIT_PREFIX = "/arkit/"
 ARKIT_FRAME_ADDRESS = "/arkit/frame"
 ARKIT_SPEECH_ADDRESS = "/arkit/speech"
+ARKIT_TIME_ADDRESS = "/arkit/time"
+_CAPTURE_PLACEHOLDER = 1234567.25  # exact as a double; located below, then zeroed
 _SPEECH_PLACEHOLDER = 23456.5
 VMC_VALUE_ADDRESS = "/VMC/Ext/Blend/Val"
 VMC_APPLY_ADDRESS = "/VMC/Ext/Blend/Apply"
@@ -42,6 +45,7 @@ _TIME_PLACEHOLDER = 12345.5  # exact in float32; located below, then zeroed
 _BUNDLE_HEADER = 16  # "#bundle\0" + 8-byte time tag
 _I32 = struct.Struct(">i")
 _F32 = struct.Struct(">f")
+_F64 = struct.Struct(">d")
 
 
 def arkit_prefix(subject: str | None = None) -> str:
@@ -65,6 +69,9 @@ def _messages(scheme: str, speech: bool = False, prefix: str = ARKIT_PREFIX) -> 
             sp = OscMessageBuilder(prefix + "speech")
             sp.add_arg(_SPEECH_PLACEHOLDER, OscMessageBuilder.ARG_TYPE_FLOAT)
             msgs.append(sp)
+        t = OscMessageBuilder(prefix + "time")
+        t.add_arg(_CAPTURE_PLACEHOLDER, OscMessageBuilder.ARG_TYPE_DOUBLE)
+        msgs.append(t)
         m = OscMessageBuilder(prefix + "frame")
         m.add_arg(0x5A5A5A5A, OscMessageBuilder.ARG_TYPE_INT)
         msgs.append(m)
@@ -101,7 +108,8 @@ class OscEncoder:
 
     ``arkit``: ``/arkit/<EpicName> f`` for each of the 52 shapes, with ``speech`` also
     ``/arkit/speech f`` (1 - CTC blank probability; -1 when the model has no CTC head), then
-    ``/arkit/frame i``.
+    ``/arkit/time d`` (the time of day its last audio sample was captured, Unix seconds as a
+    double: a float32 would be 128 s coarse) and ``/arkit/frame i``.
     ``vmc``: ``/VMC/Ext/Blend/Val s f`` for each of the 52, ``/VMC/Ext/OK i`` (1),
     ``/VMC/Ext/T f`` (``frame.number / 30``), then ``/VMC/Ext/Blend/Apply``.
     ``encode`` returns fresh ``bytes``; ``encode_view`` a view of the template, valid until
@@ -148,8 +156,13 @@ class OscEncoder:
             if _F32.unpack_from(dgram, self._speech_at)[0] != _SPEECH_PLACEHOLDER:
                 raise RuntimeError("OSC template: speech value not found")
             _F32.pack_into(self._buf, self._speech_at, -1.0)
+        self._capture_at: int | None = None
         if scheme == "arkit":
-            self._frame_at = offsets[NUM_BLENDSHAPES + (1 if speech else 0)]
+            self._capture_at = offsets[NUM_BLENDSHAPES + (1 if speech else 0)] - 4  # a double: 8 bytes
+            if _F64.unpack_from(dgram, self._capture_at)[0] != _CAPTURE_PLACEHOLDER:
+                raise RuntimeError("OSC template: capture time not found")
+            _F64.pack_into(self._buf, self._capture_at, 0.0)
+            self._frame_at = offsets[NUM_BLENDSHAPES + (2 if speech else 1)]
             if _I32.unpack_from(dgram, self._frame_at)[0] != 0x5A5A5A5A:
                 raise RuntimeError("OSC template: frame number not found")
             _I32.pack_into(self._buf, self._frame_at, 0)
@@ -169,13 +182,15 @@ class OscEncoder:
         return len(self._buf)
 
     def encode_view(self, frame: FaceFrame) -> memoryview:
-        """Patch the 52 floats (and the frame number) into the template; return a view."""
+        """Patch the 52 floats (and the frame number, the capture time) into the template; return a view."""
         self._scratch[:] = frame.values
         self._u8[self._bytes_at] = self._scratch_u8
         if self._frame_at is not None:
             _I32.pack_into(self._buf, self._frame_at, wrap_int32(frame.number))
         if self._time_at is not None:
             _F32.pack_into(self._buf, self._time_at, frame.number / FPS)
+        if self._capture_at is not None:
+            _F64.pack_into(self._buf, self._capture_at, wall_time(frame.capture_time))
         if self._speech_at is not None:
             prob = frame.speech_prob
             _F32.pack_into(self._buf, self._speech_at, -1.0 if prob is None else prob)

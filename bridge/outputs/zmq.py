@@ -22,6 +22,7 @@ from bridge.errors import BridgeError
 from bridge.frame import FPS, FaceFrame
 from bridge.outputs.base import Buffer, Health, inverse_permutation
 from bridge.outputs.livelink import LiveLinkEncoder
+from bridge.sync.clock import wall_time
 
 ZmqFormat = Literal["json", "livelink"]
 FORMATS: tuple[str, ...] = ("json", "livelink")
@@ -41,12 +42,15 @@ def _check_topic(topic: str) -> None:
 class ZmqEncoder:
     """FaceFrame -> ``topic + b" " + payload`` for a PUB socket.
 
-    ``json``: ``{"subject", "frame", "time", "names", "values", "speech", "text"}`` from a precomputed
-    %-template (the names and key text are constant); a non-finite number (a value, the
-    speech probability) is written as ``null``, so every message is standard JSON (what
-    ``json.dumps(..., allow_nan=False)`` accepts).  ``livelink``: the exact
+    ``json``: ``{"subject", "frame", "time", "capture_time", "latency_ms", "names", "values",
+    "speech", "text"}`` from a precomputed %-template (the names and key text are constant); a
+    non-finite number (a value, the speech probability) is written as ``null``, so every message
+    is standard JSON (what ``json.dumps(..., allow_nan=False)`` accepts).  ``livelink``: the exact
     :class:`~bridge.outputs.livelink.LiveLinkEncoder` packet, patched in place behind the
-    topic.  ``encode`` returns ``bytes``; ``encode_view`` a view valid until the next call.
+    topic.  ``capture_time`` is the time of day (Unix seconds) its last audio sample was
+    captured, ``latency_ms`` how long before the frame was sent that was (``null`` for a frame
+    not sent live).  ``encode`` returns
+    ``bytes``; ``encode_view`` a view valid until the next call.
     ``subject`` is fixed per encoder (its JSON text or packet bytes are built once): an output
     serving several performers holds one encoder per subject.
     """
@@ -81,7 +85,7 @@ class ZmqEncoder:
             topic.replace("%", "%%")
             + ' {"subject":'
             + lit(subject)
-            + ',"frame":%d,"time":%a,"names":'
+            + ',"frame":%d,"time":%a,"capture_time":%.6f,"latency_ms":%s,"names":'
             + lit(list(EPIC_NAMES))
             + ',"values":['
             + values
@@ -102,7 +106,9 @@ class ZmqEncoder:
         speech = b"%.4f" % prob if prob is not None and math.isfinite(prob) else b"null"
         words = json.dumps(frame.text, ensure_ascii=False).encode() if frame.text else b'""'
         n = frame.number
-        data = self._template % (n, n / FPS, *scratch.tolist(), speech, words)
+        capture, sent = frame.capture_time, frame.sent_at
+        latency = b"%.3f" % ((sent - capture) * 1000.0) if sent is not None else b"null"
+        data = self._template % (n, n / FPS, wall_time(capture), latency, *scratch.tolist(), speech, words)
         start = data.rfind(b'"values":[')
         end = data.rfind(b'],"speech":')
         if data.find(b"n", start, end) >= 0:  # nan / inf (a formatted finite number has no 'n')

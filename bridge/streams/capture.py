@@ -11,7 +11,7 @@ segment there, with its own silence and its own frames to drop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +34,9 @@ class CaptureGroup:
         self._scratch = np.zeros((max(source.ring.capacity // 4, 4096), source.channels), np.float32)
         #: whether the source still delivers (a live device); the hop loop asks it
         self.watch = InputWatch(source, block_s)
+        #: called with every block read (frames x channels, the ring frame after it), in the hop
+        #: thread: the voice passthrough's feed (bridge/sync/passthrough.py); must not block
+        self.tap: Callable[[np.ndarray, int], None] | None = None
 
     def pull(self, bounded: bool = False) -> None:
         """Move what the source has written so far into every member's history.
@@ -55,6 +58,8 @@ class CaptureGroup:
                 break
             lost = ring.read_pos - n - pos  # overwritten before we got to them
             block = scratch[:n]
+            if self.tap is not None:
+                self.tap(block, ring.read_pos)
             for m in live:
                 if lost > 0:
                     m.gap(ring.read_pos - n)
