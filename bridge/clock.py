@@ -107,3 +107,8 @@ def wall_clock() -> WallClock:
     if _shared is None:
         _shared = WallClock()
     return _shared
+
+
+def wall_time(monotonic: float) -> float:
+    """Unix seconds of a ``time.monotonic()`` stamp, with the run's one offset (:func:`wall_clock`)."""
+    return monotonic + wall_clock().offset

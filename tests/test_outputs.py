@@ -15,6 +15,7 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from bridge.blendshapes import ARKIT_NAMES, EPIC_NAMES, HEAD_EYE_NAMES, LIVELINK_NAMES
+from bridge.clock import wall_time
 from bridge.config import OutputConfig
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
@@ -27,7 +28,6 @@ from bridge.outputs import (
     ZmqPubTransport,
     build_output,
 )
-from bridge.sync.clock import wall_time
 
 MIRROR_PAIRS = [
     ("EyeBlinkLeft", "EyeBlinkRight"),

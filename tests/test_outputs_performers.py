@@ -463,8 +463,8 @@ def wire_digests() -> dict[str, str]:
 
 
 def test_every_encoder_sends_the_bytes_it_sent_before(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bridge.sync.clock
+    from bridge.clock import wall_clock
 
     # capture times go out as time of day (osc arkit /arkit/time, zmq json capture_time): fix the day
-    monkeypatch.setattr(bridge.sync.clock, "WALL_OFFSET", 1_800_000_000.0)
+    monkeypatch.setattr(wall_clock(), "offset", 1_800_000_000.0)
     assert wire_digests() == WIRE_DIGESTS

@@ -21,11 +21,11 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge.blendshapes import EPIC_NAMES, NUM_BLENDSHAPES, mirror_permutation
+from bridge.clock import wall_time
 from bridge.errors import BridgeError
 from bridge.frame import FPS, FaceFrame
 from bridge.outputs.base import inverse_permutation, wrap_int32
 from bridge.outputs.osc_template import check_address
-from bridge.sync.clock import wall_time
 
 OscScheme = Literal["arkit", "vmc"]
 SCHEMES: tuple[str, ...] = ("arkit", "vmc")

@@ -18,11 +18,11 @@ import numpy as np
 import zmq
 
 from bridge.blendshapes import EPIC_NAMES, NUM_BLENDSHAPES, mirror_permutation
+from bridge.clock import wall_time
 from bridge.errors import BridgeError
 from bridge.frame import FPS, FaceFrame
 from bridge.outputs.base import Buffer, Health, inverse_permutation
 from bridge.outputs.livelink import LiveLinkEncoder
-from bridge.sync.clock import wall_time
 
 ZmqFormat = Literal["json", "livelink"]
 FORMATS: tuple[str, ...] = ("json", "livelink")
