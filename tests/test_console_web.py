@@ -39,6 +39,11 @@ def test_metrics_parse_and_grow(tmp_path: Path) -> None:
         assert second["a2e_frames_published_total"][main] > first["a2e_frames_published_total"][main] > 0
         assert second["a2e_frames_dropped_total"][main] == 0
         assert second["a2e_latency_seconds_count"][()] > first["a2e_latency_seconds_count"][()]
+        p95 = second["a2e_performer_latency_seconds"][(("performer", "main"), ("quantile", "0.95"))]
+        assert 0 < p95 < 1.0  # this performer's own frames, capture to send
+        state = r.get("/api/state")[1]
+        assert 0 < state["performers"][0]["latency_ms"]["p95"] < 1000.0
+        assert state["passthrough"] is None  # no [sync] passthrough_device configured
         assert second["a2e_inference_seconds_count"][()] > 0
         inf_bucket = second["a2e_latency_seconds_bucket"][(("le", "+Inf"),)]
         assert inf_bucket == second["a2e_latency_seconds_count"][()]

@@ -10,6 +10,8 @@ Metrics (``performer`` label where the figure is a performer's, ``output`` for o
 * ``a2e_latency_seconds`` (capture -> send, every performer), ``a2e_inference_seconds``
   (one batched model call) histograms
 * ``a2e_input_level_dbfs`` {performer}: the last frame's RMS level
+* ``a2e_performer_latency_seconds`` {performer, quantile 0.5 / 0.95}: each performer's own
+  frames over the last 10 s (``a2e_latency_seconds`` is every performer's, since the start)
 * ``a2e_output_packets_total``, ``a2e_output_errors_total`` {output}; ``a2e_output_up`` {output}
 * ``a2e_commands_total`` {result}, ``a2e_up`` (1 while frames flow), ``a2e_model_info`` {model, provider}
 """
@@ -57,14 +59,21 @@ class BridgeCollector(Collector):
                                    labels=["performer"])  # fmt: skip
         level = GaugeMetricFamily("a2e_input_level_dbfs", "RMS level of the newest frame's audio, dBFS",
                                   labels=["performer"])  # fmt: skip
+        recent = GaugeMetricFamily("a2e_performer_latency_seconds",
+                                   "A performer's frame latency over its last 10 s, by quantile",
+                                   labels=["performer", "quantile"])  # fmt: skip
         rms = b.control.live.state.rms
         for i, p in enumerate(b.performers):
             pub.add_metric([names[i]], p.published)
             drop.add_metric([names[i]], p.scheduler.dropped)
             level.add_metric([names[i]], round(db(float(rms[i])), 2))
+            for q, ms in zip(("0.5", "0.95"), b.sync.tracker.percentiles(i), strict=True):
+                if ms is not None:
+                    recent.add_metric([names[i], q], ms / 1000.0)
         yield pub
         yield drop
         yield level
+        yield recent
         buckets, total = _buckets(s.latency)
         yield HistogramMetricFamily("a2e_latency_seconds", "Capture of a frame's last sample to its send",
                                     buckets=buckets, sum_value=total)  # fmt: skip

@@ -122,6 +122,7 @@ class Monitor:
                 self._loud_since[i] = now
             speech = float(st.speech[i])
             settings = live.settings(i)
+            p50, p95 = b.sync.tracker.percentiles(i, now)
             performers.append({
                 "index": i, "name": p.name, "subject": p.subject, "frame": int(st.frame[i]),
                 "level_dbfs": round(level, 1), "peak_dbfs": round(db(float(peaks[i])), 1),
@@ -130,6 +131,7 @@ class Monitor:
                 "gate_open": settings.get("gate_open"),
                 "input": "lost" if lost else "ok", "input_name": g.source.name,
                 "published": p.published, "dropped": p.scheduler.dropped,
+                "latency_ms": {"p50": p50, "p95": p95},  # its own frames, the last 10 s
                 "values": [round(float(v), 4) for v in st.post[i]],
                 "raw": {n: round(float(st.raw[i, j]), 4)
                         for n, j in zip(RAW_CHANNELS, _RAW_IDX, strict=True)},
@@ -161,6 +163,7 @@ class Monitor:
             "stride": round(recent_frames / recent_inf / len(b.performers), 2) if recent_inf else None,
             "max_latency_ms": b.cfg.schedule.max_latency_ms,
             "performers": performers,
+            "passthrough": b.sync.passthrough_state(),  # the voice played as late as the face
             "outputs": outputs,
             "commands": {"accepted": self.commands.accepted, "refused": self.commands.refused},
             "flowing": flowing,

@@ -161,6 +161,8 @@ function renderPerformer(p) {
   meter.dataset.db = p.level_dbfs;
   $(".db", node).textContent = fmt(p.level_dbfs, 1) + " dBFS";
   $(".clip", node).classList.toggle("on", p.clip);
+  const lat = p.latency_ms || {};
+  $(".latency", node).textContent = "latency p50 " + fmt(lat.p50, 1) + " / p95 " + fmt(lat.p95, 1) + " ms";
   const speaking = p.gate_open === true || (p.speech !== null && p.speech >= 0.5);
   $(".speech", node).classList.toggle("on", speaking);
   const s = p.settings;
@@ -230,6 +232,14 @@ function render(doc) {
   $("#stride").textContent = fmt(doc.stride, 2);
   $("#dropped").textContent = doc.frames.dropped;
   $("#published").textContent = doc.frames.published;
+  const pt = doc.passthrough;
+  const ptNode = $("#passthrough");
+  ptNode.hidden = !pt;
+  if (pt) {
+    ptNode.textContent = "voice passthrough " + pt.device + (pt.lost ? " LOST" : "") + ": delay " +
+      fmt(pt.delay_ms, 1) + " ms (" + pt.mode + (pt.target_ms !== null ? ", target " + fmt(pt.target_ms, 1) : "") +
+      "), drift " + fmt(pt.drift_ppm, 0) + " ppm, underruns " + pt.underruns;
+  }
   latHistory.push([doc.latency_ms.p50, doc.latency_ms.p95]);
   if (latHistory.length > 1200) latHistory.shift();
   drawLatency();
