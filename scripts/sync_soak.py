@@ -31,14 +31,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stats, played = run_passthrough(Path(tmp), samples, seconds, {"delay_ms": delay})
     heard = burst_lags(played, samples, starts)
-    lags = [lag for lag, _ in heard]
+    lags = [lag for _, lag, _ in heard]
     pt = stats["passthrough"]
     pt.pop("corrections_log", None)
+    pt.pop("clock_offset_log", None)
     primed = played.shape[0] - pt["stream_samples"]  # PortAudio's silence before its first callback
     print(json.dumps({
         "seconds": seconds, "delay_ms": delay, "passthrough": pt,
         "bursts": len(heard), "lag_first": lags[0], "lag_last": lags[-1],
-        "lag_spread_samples": max(lags) - min(lags), "min_correlation": round(min(c for _, c in heard), 6),
+        "lag_spread_samples": max(lags) - min(lags), "min_correlation": round(min(c for *_, c in heard), 6),
         "primed_samples": primed,
         "implied_delay_ms": round(pt["clock_offset_ms"] + (lags[-1] - primed - 1) * 1000.0 / RATE, 3),
     }))  # fmt: skip

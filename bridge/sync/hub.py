@@ -101,6 +101,7 @@ class SyncHub:
             return None
         doc = self.passthrough.counters()
         doc.pop("corrections_log", None)
+        doc.pop("clock_offset_log", None)
         doc["lost"] = self.passthrough.lost
         return doc
 

@@ -129,6 +129,8 @@ class Passthrough:
         self._underrun_last = 0.0
         self._started = False
         self.log: list[tuple[int, int]] = []  #: (stream sample, samples +inserted/-dropped), the first 1000
+        #: (stream sample, clock_offset_ms from there on): the first, then one per clock step
+        self.offset_log: list[tuple[int, float]] = []
 
     def set_silence(self, db: float) -> None:
         self._silence_rms = 10.0 ** (db / 20.0)
@@ -362,9 +364,12 @@ class Passthrough:
         t_in, e_in = recent(source_ring._block_time, source_ring._block_end, source_ring.blocks,
                             min(slots, keep_in))  # fmt: skip
         in_offset = clock_offset(t_in, e_in, self.rate)
+        steps = self.drift.steps
         self.drift.observe(now, out_offset, in_offset)
         self._in_offset = in_offset
         self.clock_offset_ms = (out_offset + self.output_latency_s - in_offset) * 1000.0
+        if (self.drift.steps != steps or not self.offset_log) and len(self.offset_log) < 1000:
+            self.offset_log.append((self._stream_position(), round(self.clock_offset_ms, 3)))
         plays = out_offset + self.output_latency_s + self._stream_position() / self.out_rate
         captured = in_offset + (x_next + 1) / self.rate
         self.delay_ms = (plays - captured) * 1000.0
@@ -478,6 +483,7 @@ class Passthrough:
             "clock_offset_ms": round(self.clock_offset_ms, 3) if self.clock_offset_ms is not None else None,
             "stream_samples": self._stream_samples,
             "corrections_log": self.log[:50],
+            "clock_offset_log": self.offset_log[:50],
         }
 
 
