@@ -17,10 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,19 @@ from bridge.audio.ring import SampleRing
 from bridge.errors import BridgeError
 
 log = logging.getLogger(__name__)
+
+
+class _Listed(Protocol):
+    """What finding a device by name needs of a listed device (input or output)."""
+
+    index: int
+    name: str
+    hostapi: str
+
+    def label(self) -> str: ...
+
+
+D = TypeVar("D", bound=_Listed)
 
 #: how long opening a device may take before it counts as hung
 OPEN_TIMEOUT_S = 5.0
@@ -117,7 +130,7 @@ def _available(devices: list[InputDevice]) -> str:
     return f"available: {listed}; list them with `a2e-bridge devices`"
 
 
-def _pick(matches: list[InputDevice], default_hostapi: str | None) -> InputDevice | None:
+def _pick(matches: list[D], default_hostapi: str | None) -> D | None:
     """One match, or the only one on the default host API (same device seen by several APIs)."""
     if len(matches) == 1:
         return matches[0]
@@ -143,15 +156,23 @@ def resolve_device(spec: str | int | None) -> InputDevice:
             if d.index == index:
                 return d
         raise BridgeError(f"there is no default input device; pick one by name; {_available(devices)}")
+    return find_device(devices, spec, "input device", _available(devices))
+
+
+def find_device(devices: Sequence[D], spec: str | int, what: str, available: str) -> D:
+    """The one of ``devices`` that ``spec`` names: a PortAudio index (or a string of digits),
+    an exact name (or ``"name, host API"``), else a unique case-insensitive substring; when
+    the same device appears under several host APIs, the default host API's entry wins.
+    No match, or several: one line naming ``what`` and listing the ``available`` ones."""
     if isinstance(spec, str) and spec.strip().isdigit():
         spec = int(spec.strip())
     if isinstance(spec, int):
         for d in devices:
             if d.index == spec:
                 return d
-        raise BridgeError(f"no input device has index {spec}; {_available(devices)}")
-
+        raise BridgeError(f"no {what} has index {spec}; {available}")
     try:
+        sd = _sounddevice()
         default_hostapi = sd.query_hostapis(sd.default.hostapi)["name"]
     except Exception:
         default_hostapi = None
@@ -168,11 +189,9 @@ def resolve_device(spec: str | int | None) -> InputDevice:
         if found is not None:
             return found
         names = ", ".join(d.label() for d in matches)
-        raise BridgeError(
-            f"input device {wanted!r} is ambiguous: it matches {names}; "
-            "give the exact name, 'name, host API' or the index; list them with `a2e-bridge devices`"
-        )
-    raise BridgeError(f"no input device matches {wanted!r}; {_available(devices)}")
+        raise BridgeError(f"{what} {wanted!r} is ambiguous: it matches {names}; "
+                          f"give the exact name, 'name, host API' or the index; {available}")  # fmt: skip
+    raise BridgeError(f"no {what} matches {wanted!r}; {available}")
 
 
 def describe_devices() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.audio.device import _pick, _sounddevice
+from bridge.audio.device import _sounddevice, find_device
 from bridge.errors import BridgeError
 
 
@@ -44,36 +44,11 @@ def resolve_output_device(spec: str | int) -> OutputDevice:
     """The output device ``[sync] passthrough_device`` means: an index, an exact name (or
     ``"name, host API"``), else a unique case-insensitive substring; one line listing the
     output devices there are when none (or several) match."""
-    sd = _sounddevice()
     devices = list_output_devices()
-    if isinstance(spec, str) and spec.strip().isdigit():
-        spec = int(spec.strip())
-    if isinstance(spec, int):
-        for d in devices:
-            if d.index == spec:
-                return d
-        raise BridgeError(f"sync.passthrough_device = {spec}: no output device has that index; "
-                          f"{_available(devices)}")  # fmt: skip
     try:
-        default_hostapi = sd.query_hostapis(sd.default.hostapi)["name"]
-    except Exception:
-        default_hostapi = None
-    wanted = spec.strip()
-    low = wanted.lower()
-    for matches in (
-        [d for d in devices if d.name == wanted],
-        [d for d in devices if f"{d.name}, {d.hostapi}".lower() == low],
-        [d for d in devices if low in d.name.lower()],
-    ):
-        if not matches:
-            continue
-        found = _pick(matches, default_hostapi)  # type: ignore[arg-type]
-        if found is not None:
-            return found  # type: ignore[return-value]
-        names = ", ".join(d.label() for d in matches)
-        raise BridgeError(f"sync.passthrough_device = {wanted!r} is ambiguous: it matches {names}; "
-                          "give the exact name, 'name, host API' or the index")  # fmt: skip
-    raise BridgeError(f"sync.passthrough_device: no output device matches {wanted!r}; {_available(devices)}")
+        return find_device(devices, spec, "output device", _available(devices))
+    except BridgeError as e:
+        raise BridgeError(f"sync.passthrough_device: {e}") from None
 
 
 def describe_output_devices() -> str:
