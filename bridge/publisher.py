@@ -67,6 +67,7 @@ class FramePublisher:
         self._latencies = np.zeros(64)  #: a block's latencies (ms), reused
         self._serving_key: tuple[Output, ...] | None = None
         self._serving_table: list[tuple[Output, ...]] = []
+        self._every = np.arange(len(performers), dtype=np.intp)  #: a block of every performer, in order
 
     # ---- a block of frames ----------------------------------------------------------
     def block(self, b: FaceBlock) -> tuple[float, float]:
@@ -139,7 +140,7 @@ class FramePublisher:
             p.published += stride
             p.rest.remember(row_values[last], row_head[last])
         stats.record_latencies(latencies[:j])
-        self.sync.published([p.index for p, _hop in hops], now)
+        self.sync.published(ctx.rows if ctx.rows is not None else self._every, now)
         return worst_ms, now
 
     def _serving(self) -> list[tuple[Output, ...]]:

@@ -37,6 +37,27 @@ def test_tracker_keeps_each_performers_last_window() -> None:
     assert LatencyTracker(1).percentiles(0) == (None, None)
 
 
+def test_tracker_rows_in_step_and_out_of_step_keep_their_own_frames() -> None:
+    """Rows of performers in step are recorded with one copy; others row by row: same result."""
+    tracker = LatencyTracker(3, window=20, max_stride=8)
+    rng = np.random.default_rng(2)
+    history: list[list[float]] = [[], [], []]
+    for k in range(30):
+        rows = [[0], [0, 1, 2], [1, 2], [2, 1]][k % 4]  # performer 0 runs ahead of 1 and 2
+        stride = int(rng.integers(1, 9))
+        block = tracker.block(len(rows), stride)
+        block[:] = rng.uniform(5, 300, size=(len(rows), stride))
+        for i, p in enumerate(rows):
+            history[p].extend(block[i].tolist())
+        tracker.record(np.array(rows), block)
+    later = time.monotonic() + 10
+    for p in range(3):
+        last = np.array(history[p][-20:])
+        assert tracker.frames(p) == len(history[p])
+        assert tracker.percentiles(p, later) == pytest.approx(
+            (round(float(np.percentile(last, 50)), 2), round(float(np.percentile(last, 95)), 2)), abs=0.01)
+
+
 def run(cfg: dict, osc: OscReceiver, zq: ZmqReceiver) -> tuple[dict, float, float]:
     bridge = Bridge(parse_config(cfg, "sync.toml"))
     wait_connected()

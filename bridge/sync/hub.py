@@ -77,7 +77,7 @@ class SyncHub:
         self._block = self.tracker.block(rows, stride)
         return self._block
 
-    def published(self, performers: Sequence[int], now: float) -> None:
+    def published(self, performers: Sequence[int] | np.ndarray, now: float) -> None:
         """The block :meth:`block` gave was sent: record it, report once a second."""
         self.tracker.record(performers, self._block)
         self.report.maybe_send(now)

@@ -36,9 +36,21 @@ class LatencyTracker:
             self._block = np.zeros((max(rows, self._block.shape[0]), max(stride, self._block.shape[1])))
         return self._block[:rows, :stride]
 
-    def record(self, performers: Sequence[int], latencies: np.ndarray) -> None:
+    def record(self, performers: Sequence[int] | np.ndarray, latencies: np.ndarray) -> None:
         """Row i of ``latencies`` (ms, in frame order) is performer ``performers[i]``'s block."""
         window = self.window
+        rows = np.asarray(performers, dtype=np.intp)
+        n = latencies.shape[1]
+        if rows.shape[0] > 1 and n < window:
+            counts = self._count[rows]
+            if (counts == counts[0]).all():  # in step (one capture): one copy for every row
+                start = int(counts[0] % window)
+                first = min(n, window - start)
+                self._ring[rows, start : start + first] = latencies[:, :first]
+                if first < n:
+                    self._ring[rows, : n - first] = latencies[:, first:]
+                self._count[rows] += n
+                return
         for i, p in enumerate(performers):
             row = latencies[i]
             n = row.shape[0]
