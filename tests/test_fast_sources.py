@@ -109,26 +109,15 @@ def test_a_source_that_delivers_its_whole_file_in_one_block(
     assert_oracle(numbers, jaw, every=101)
 
 
-class BurstSource:
+class BurstSource(WholeFileSource):
     """Stand-in for a paced source whose audio arrives in one late burst (a starved reader
     thread or callback catching up): all of it at once, stamped on arrival, then nothing."""
 
     name = "burst (stand-in)"
-    samplerate = 16000
-    channels = 1
-    error = None
 
     def __init__(self, seconds: float) -> None:
-        self._audio = staircase(int(seconds * 30))
-        self.ring = SampleRing(self._audio.shape[0] + 16000, 1)
-        self.finished = False
-
-    def start(self) -> None:
-        self.ring.write(self._audio, time.monotonic())
-        self.finished = True
-
-    def stop(self) -> None:
-        pass
+        super().__init__(staircase(int(seconds * 30)), 16000)
+        self.ring = SampleRing(self._audio.shape[0] + 16000, 1)  # room to spare, as a device ring
 
 
 def test_a_hop_loop_far_behind_skips_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:

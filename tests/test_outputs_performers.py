@@ -23,6 +23,7 @@ from bridge.config import OutputConfig, parse_config
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
 from bridge.outputs import LiveLinkEncoder, OscEncoder, ZmqEncoder, build_output, performers_served
+from bridge.outputs.base import Output
 from bridge.outputs.livelink import default_device_id
 
 SUBJECTS = ("Ana", "Ben", "Cy")
@@ -88,6 +89,16 @@ def test_livelink_three_performers_three_subjects_three_device_ids() -> None:
             assert q["values"][NUM_BLENDSHAPES:] == want.head.tolist()
 
 
+def join(sub: zmq.Socket, out: Output) -> None:
+    """A SUB joins asynchronously: publish a marker until it arrives, then drain."""
+    deadline = time.monotonic() + 5.0
+    while not sub.poll(20):
+        assert time.monotonic() < deadline, "SUB never joined"
+        out.publish(face(999, 0))
+    while sub.poll(100):
+        sub.recv()
+
+
 @pytest.mark.parametrize("fmt", ["json", "livelink"])
 def test_zmq_sub_sees_each_subject(fmt: str) -> None:
     cfg = OutputConfig(kind="zmq", endpoint="tcp://127.0.0.1:*", format=fmt, topic="face")
@@ -98,12 +109,7 @@ def test_zmq_sub_sees_each_subject(fmt: str) -> None:
         with build_output(cfg, [(0, "Ana"), (1, "Ben"), (2, "Cy")]) as out:
             sub.connect(out.transport.last_endpoint)  # type: ignore[attr-defined]
             # a SUB joins asynchronously: publish a marker until it arrives, then the frames
-            deadline = time.monotonic() + 5.0
-            while not sub.poll(20):
-                assert time.monotonic() < deadline, "SUB never joined"
-                out.publish(face(999, 0))
-            while sub.poll(100):
-                sub.recv()
+            join(sub, out)
             publish_interleaved(out, 8, range(3))
             messages = []
             while sub.poll(300):
@@ -142,12 +148,7 @@ def test_zmq_keeps_a_second_of_every_performers_frames_for_a_slow_subscriber() -
     try:
         with build_output(cfg, served) as out:
             sub.connect(out.transport.last_endpoint)  # type: ignore[attr-defined]
-            deadline = time.monotonic() + 5.0
-            while not sub.poll(20):
-                assert time.monotonic() < deadline, "SUB never joined"
-                out.publish(face(999, 0))
-            while sub.poll(100):
-                sub.recv()
+            join(sub, out)
             publish_interleaved(out, 10, range(128))  # 10 hops of 128, nobody reading meanwhile
             got = 0
             while sub.poll(300):
