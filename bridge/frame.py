@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,3 +56,41 @@ class FaceFrame:
     def stream_time(self) -> float:
         """Start of the frame on the audio clock, in seconds."""
         return self.number / FPS
+
+
+@dataclass(slots=True)
+class FrameBatch:
+    """The frames of several performers from one model call, as arrays rather than objects.
+
+    Row ``i`` holds ``stride`` consecutive frames of performer ``performers[i]``, numbered
+    from ``first[i]``; frame ``(i, f)`` is exactly :meth:`frame` ``(i, f)``.  Outputs encode
+    a whole batch at once (``Output.publish_batch``), so hundreds of performers cost a few
+    array operations per hop rather than an object and a call per frame.  The arrays are the
+    engine's reused buffers: valid only during the call they are handed to.
+    """
+
+    performers: np.ndarray  #: ``[R]`` performer indices (``FaceFrame.performer``)
+    first: np.ndarray  #: ``[R]`` int64: each row's first frame number
+    values: np.ndarray  #: ``[R, F, 52]`` float32, Epic's order
+    head: np.ndarray  #: ``[R, F, 9]`` float32 Live Link head/eye values
+    capture_time: np.ndarray  #: ``[R, F]`` float64 ``time.monotonic()`` of each frame's last sample
+    subjects: Sequence[str]  #: ``[R]`` each row's subject
+    speech_prob: np.ndarray | None = None  #: ``[R, F]`` float32, or None (no CTC head)
+    texts: Sequence[str] | None = None  #: ``[R]`` text ending in each row's last frame, or None
+    sent_at: float | None = None  #: ``time.monotonic()`` when the batch was made to be sent
+
+    @property
+    def stride(self) -> int:
+        """Frames per row."""
+        return int(self.values.shape[1])
+
+    def frame(self, i: int, f: int) -> FaceFrame:
+        """Row ``i``'s ``f``-th frame as a :class:`FaceFrame` (views into the batch's arrays)."""
+        last = self.values.shape[1] - 1
+        prob = self.speech_prob
+        return FaceFrame(
+            int(self.first[i]) + f, self.values[i, f], float(self.capture_time[i, f]), self.head[i, f],
+            self.subjects[i], float(prob[i, f]) if prob is not None else None,
+            self.texts[i] if self.texts is not None and f == last else "", int(self.performers[i]),
+            self.sent_at,
+        )  # fmt: skip

@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from bridge.errors import BridgeError
-from bridge.frame import FaceFrame
+from bridge.frame import FaceFrame, FrameBatch
 
 log = logging.getLogger("bridge.outputs")
 
@@ -374,6 +374,18 @@ class Output:
             send = self.transport.send
             for p in packets:
                 send(p)
+
+    def publish_batch(self, batch: FrameBatch) -> None:
+        """Every frame of ``batch`` whose performer this output serves, each performer's in
+        frame order: the packets :meth:`publish` would send, frame by frame."""
+        if not self.enabled:
+            return
+        publish, served = self.publish, self._served
+        rows = batch.performers.tolist()
+        for i, performer in enumerate(rows):
+            if performer < served and self._route[performer] is not None:
+                for f in range(batch.stride):
+                    publish(batch.frame(i, f))
 
     def close(self) -> None:
         self.transport.close()
