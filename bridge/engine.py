@@ -267,7 +267,8 @@ class Bridge:
         self.guard = OutputGuard(max_frames=window_frames, performers=len(cast), names=names)
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
         self.publisher = FramePublisher(post, self.guard, self.outputs, self.stats, self.performers,
-                                        self.batch.speech, self.sync, on_frame)  # fmt: skip
+                                        self.batch.speech, self.sync, on_frame,
+                                        threaded=len(cast) > 1)  # fmt: skip
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -362,6 +363,7 @@ class Bridge:
                     break
                 if wait:
                     time.sleep(wait)
+            self.publisher.sender.flush()  # every frame handed over is sent before the totals
         finally:
             for g in self.groups:
                 g.source.stop()
@@ -699,6 +701,9 @@ class Bridge:
         return doc
 
     def close(self) -> None:
+        publisher = getattr(self, "publisher", None)
+        if publisher is not None:
+            publisher.sender.close()
         control = getattr(self, "control", None)
         if control is not None:
             control.close()

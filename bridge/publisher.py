@@ -3,12 +3,14 @@
 The hop loop cuts each model call's output into blocks (:class:`FaceBlock`: the rows of
 one stride, their context and CTC logits) and hands them to the :class:`FramePublisher`,
 which runs the speech track, the finite guard and the post chain on the whole block and
-sends every row's frames to the outputs that serve its performer.
+hands its frames, as one :class:`~bridge.frame.FrameBatch`, to the
+:class:`~bridge.sender.FrameSender` (the outputs; on a thread of its own with several
+performers).
 
-Everything a block's frames touch after the model lives here: the post chain's state, the
-finite guard, each performer's speech track, rest pose and published count, the outputs.
-(It runs in the hop loop's thread: a publishing thread of its own was tried and measured,
-see docs/benchmarks.md, and gained nothing while the interpreter lock is the limit.)
+Everything a block's frames touch after the model and before the sends lives here: the
+post chain's state, the finite guard, each performer's speech track, rest pose and
+published count.  It runs in the hop loop's thread, between hops, so the console's
+commands (applied there) never race it.
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from bridge.frame import FaceFrame, frame_end_sample
+from bridge.blendshapes import HEAD_EYE_NAMES, NUM_BLENDSHAPES
+from bridge.frame import FrameBatch, frame_end_sample
 from bridge.model.ctc import BatchSpeechProbability
 from bridge.outputs.base import Output
 from bridge.post.base import FrameContext
 from bridge.post.finite import OutputGuard
+from bridge.sender import FrameHook, FrameSender
 from bridge.stats import RunStats
 from bridge.streams.performer import Performer
 from bridge.streams.scheduler import Hop
 from bridge.sync.hub import SyncHub
-
-FrameHook = Callable[[FaceFrame], None]
 
 
 @dataclass(slots=True)
@@ -54,7 +56,8 @@ class FramePublisher:
 
     def __init__(self, post: Any, guard: OutputGuard, outputs: list[Output], stats: RunStats,
                  performers: Sequence[Performer], speech_buffer: Callable[[int, int], np.ndarray],
-                 sync: SyncHub, on_frame: FrameHook | None = None) -> None:  # fmt: skip
+                 sync: SyncHub, on_frame: FrameHook | None = None, *,
+                 threaded: bool = False) -> None:  # fmt: skip
         self.post = post
         self.guard = guard
         self.outputs = outputs
@@ -64,9 +67,9 @@ class FramePublisher:
         self.sync = sync  #: per-performer latency (and its report)
         self._speech_buffer = speech_buffer
         self._speech_prob = BatchSpeechProbability()
-        self._latencies = np.zeros(64)  #: a block's latencies (ms), reused
-        self._serving_key: tuple[Output, ...] | None = None
-        self._serving_table: list[tuple[Output, ...]] = []
+        self._capture = np.zeros(64)  #: a block's capture times, reused
+        self._subjects = [p.subject for p in performers]  #: a block of every performer's subjects
+        self.sender = FrameSender(outputs, stats, sync, on_frame, threaded=threaded)
         self._every = np.arange(len(performers), dtype=np.intp)  #: a block of every performer, in order
 
     # ---- a block of frames ----------------------------------------------------------
@@ -94,76 +97,65 @@ class FramePublisher:
 
     def _publish(self, hops: list[tuple[Performer, Hop]], values: np.ndarray, ctx: FrameContext,
                  texts: list[str] | None) -> tuple[float, float]:  # fmt: skip
-        """Send every row's frames, in frame order per performer; return (worst latency ms, now).
+        """Hand the block's frames to the sender as one batch; return (worst latency ms, now).
 
-        Per row, only the outputs that serve its performer are asked; latencies of all but
-        the first performer (whose frames also time the send interval) are recorded per block."""
-        stats, on_frame = self.stats, self.on_frame
-        serving = self._serving()
-        stride = values.shape[1]
-        last = stride - 1
-        speech, head = ctx.speech_prob, ctx.head
+        The latency here is up to the hand-off (the sends follow, on the sending thread when
+        there is one): what the fallback switch judges the model by."""
+        rows, stride = values.shape[:2]
+        head = ctx.head
         assert head is not None
-        probs = speech.tolist() if speech is not None else None
-        track = self.sync.block(len(hops), stride)
-        latencies = self._latencies
-        if latencies.shape[0] < len(hops) * stride:
-            latencies = self._latencies = np.zeros(len(hops) * stride)
-        j = 0
-        worst_ms, now = 0.0, time.monotonic()
-        for i, (p, hop) in enumerate(hops):
-            capture_time, index, subject = p.stream.capture_time, p.index, p.subject
-            outputs = serving[index] if index < len(serving) else ()
-            text = texts[i] if texts is not None else ""
-            row_values, row_head = values[i], head[i]
-            row_probs = probs[i] if probs is not None else None
-            for f in range(stride):
-                number = hop.first + f
-                capture = capture_time(frame_end_sample(number) - 1)
-                frame = FaceFrame(number, row_values[f], capture, row_head[f], subject,
-                                  row_probs[f] if row_probs is not None else None,
-                                  text if f == last else "", index, now)  # fmt: skip
-                for output in outputs:
-                    output.publish(frame)
-                now = time.monotonic()
-                latency_ms = (now - capture) * 1000.0
-                track[i, f] = latency_ms
-                if index == 0:
-                    stats.record_send(now, latency_ms)
-                else:
-                    latencies[j] = latency_ms
-                    j += 1
-                if latency_ms > worst_ms:
-                    worst_ms = latency_ms
-                if on_frame is not None:
-                    on_frame(frame)
+        performers = ctx.rows if ctx.rows is not None else self._every[:rows]
+        first = ctx.first_frame
+        assert isinstance(first, np.ndarray)
+        capture = self._capture_times(hops, stride)
+        subjects = self._subjects if ctx.rows is None else [p.subject for p, _hop in hops]
+        batch = FrameBatch(performers, first[:rows], values, head, capture, subjects, ctx.speech_prob, texts)
+        last = stride - 1
+        for i, (p, _hop) in enumerate(hops):
             p.published += stride
-            p.rest.remember(row_values[last], row_head[last])
-        stats.record_latencies(latencies[:j])
-        self.sync.published(ctx.rows if ctx.rows is not None else self._every, now)
+            p.rest.remember(values[i, last], head[i, last])
+        now = time.monotonic()
+        worst_ms = (now - float(capture.min())) * 1000.0
+        self.sender.send(batch)
         return worst_ms, now
 
-    def _serving(self) -> list[tuple[Output, ...]]:
-        """Per performer index, the outputs that serve it (remade if the outputs change)."""
-        key = tuple(self.outputs)
-        if key != self._serving_key:
-            self._serving_key = key
-            self._serving_table = [tuple(o for o in key if o.serves(i)) for i in range(len(self.performers))]
-        return self._serving_table
+    def _capture_times(self, hops: list[tuple[Performer, Hop]], stride: int) -> np.ndarray:
+        """``[R, stride]`` capture times of the rows' frames.  Rows of one capture group with
+        the same first frame share their capture times: worked out once per such run."""
+        rows = len(hops)
+        if self._capture.shape[0] < rows * stride:
+            self._capture = np.zeros(rows * stride)
+        capture = self._capture[: rows * stride].reshape(rows, stride)
+        run_start, key = 0, None
+        for i, (p, hop) in enumerate(hops):
+            k = (p.group, hop.first)
+            if k == key:
+                continue
+            if i > run_start + 1:
+                capture[run_start + 1 : i] = capture[run_start]
+            run_start, key = i, k
+            at = p.stream.capture_time
+            for f in range(stride):
+                capture[i, f] = at(frame_end_sample(hop.first + f) - 1)
+        if rows > run_start + 1:
+            capture[run_start + 1 :] = capture[run_start]
+        return capture
 
     # ---- while an input is lost -------------------------------------------------------
     def rest(self, performers: Sequence[Performer], numbers: Sequence[int], seconds: float, now: float,
              prob: float | None) -> None:  # fmt: skip
         """One frame at rest for each of ``performers`` (``numbers`` theirs), ``seconds`` into the loss."""
-        serving = self._serving()
-        for p, number in zip(performers, numbers, strict=True):
-            values, head = p.rest.at(seconds)
-            frame = FaceFrame(number, values, now, head, p.subject, prob, "", p.index, now)
-            for output in serving[p.index] if p.index < len(serving) else ():
-                output.publish(frame)
+        rows = len(performers)
+        values = np.zeros((rows, 1, NUM_BLENDSHAPES), np.float32)
+        head = np.zeros((rows, 1, len(HEAD_EYE_NAMES)), np.float32)
+        for i, p in enumerate(performers):
+            values[i, 0], head[i, 0] = p.rest.at(seconds)
             p.published += 1
-            if self.on_frame is not None:
-                self.on_frame(frame)
+        speech = np.full((rows, 1), prob, np.float32) if prob is not None else None
+        batch = FrameBatch(np.array([p.index for p in performers], np.intp), np.asarray(numbers, np.int64),
+                           values, head, np.full((rows, 1), now), [p.subject for p in performers],
+                           speech, None)  # fmt: skip
+        self.sender.send(batch, timed=False)
 
     def start_rest(self, performers: Sequence[Performer]) -> None:
         """Their input is lost: the rest pose eases from their last published frame."""
