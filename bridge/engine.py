@@ -440,13 +440,29 @@ class Bridge:
             raise BridgeError(source.error)
         waiting = False
         g.needed = None  # hops planned (and, after the turn, done) move the schedulers
+        # Members in step (one capture: the same history and, unless a command set one apart,
+        # the same schedule) get one plan: the first's decision, its Hop object shared.
+        step_key: tuple[int, ...] | None = None
+        usable, planned = 0, None
         for p in members:
             stream, sched = p.stream, p.scheduler
+            history = stream.history
+            key = (sched.next_frame, sched.lookahead, sched.max_stride, history.count,
+                   history.first_window_end, stream.gap_end_frame, stream.ended)  # fmt: skip
+            if key == step_key:
+                sched.drop_until(usable)
+                if planned is not None:
+                    sched.next_frame = planned.first  # where plan() left the first
+                    due.append((p, planned))
+                elif not stream.ended:
+                    waiting = True
+                continue
             # Frames whose audio was lost, or that fell out of the history, are skipped and counted.
-            sched.drop_until(stream.first_usable_frame())
-            hop = sched.plan(stream.history.count, self._oldest_in_time(p) if g.realtime else None)
-            if hop is not None:
-                due.append((p, hop))
+            step_key, usable = key, stream.first_usable_frame()
+            sched.drop_until(usable)
+            planned = sched.plan(history.count, self._oldest_in_time(p) if g.realtime else None)
+            if planned is not None:
+                due.append((p, planned))
             elif not stream.ended:
                 waiting = True
         return POLL_S if waiting else None

@@ -118,6 +118,20 @@ class Conditioner:
         self._finite = np.zeros(max_block, dtype=bool)
         self._resampler = make_resampler(in_rate)
 
+    @property
+    def picks_one_channel_at_16k(self) -> bool:
+        """Whether conditioning is only taking one channel (16 kHz in, no mix): a capture
+        group can then do it for all its members with one copy."""
+        return isinstance(self._resampler, PassThrough) and self.channel != "mix"
+
+    def scrub(self, columns: np.ndarray) -> None:
+        """Zero (and count) the NaN/Inf of ``columns``, this conditioner's share of a group's pick."""
+        finite = np.isfinite(columns)
+        bad = columns.size - int(np.count_nonzero(finite))
+        if bad:
+            self.nonfinite_samples += bad
+            columns[~finite] = 0.0
+
     def restart(self) -> None:
         """A new segment of audio follows a gap: the resampler starts afresh (its filter
         state belongs to audio before the gap, which was flushed with ``last``)."""

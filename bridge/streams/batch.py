@@ -9,6 +9,8 @@ which performers the rows are).  Nothing here allocates once the shapes are warm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from bridge.blendshapes import HEAD_EYE_NAMES, NUM_BLENDSHAPES
@@ -36,13 +38,23 @@ class HopBatch:
         self.first = np.zeros(n, dtype=np.int64)
         self.rows = np.zeros(n, dtype=np.intp)
         self._all = np.arange(n, dtype=np.intp)
+        self._starts = np.zeros(n * f, dtype=np.intp)
+        self._lens = np.zeros(n * f, dtype=np.float32)
 
     def gather_windows(self, due: list[tuple[Performer, Hop]]) -> np.ndarray:
-        """Each due performer's window, one row each: ``[B, window_samples]`` (a view)."""
-        for b, (p, hop) in enumerate(due):
-            self.windows[b] = p.stream.history.window_ending(hop.window_end)
-            self.identities[b] = p.identity
-        return self.windows[: len(due)]
+        """Each due performer's window, one row each: ``[B, window_samples]`` (a view).
+        Performers in step on shared histories are copied as one slice."""
+        windows = self.windows
+        for b, e in _runs(due, range(len(due))):
+            p, hop = due[b]
+            history = p.stream.history
+            if e - b > 1:
+                assert history.shared is not None
+                windows[b:e] = history.shared.windows(slice(history.row, history.row + e - b), hop.window_end)
+            else:
+                windows[b] = history.window_ending(hop.window_end)
+        self.identities[: len(due)] = [p.identity for p, _hop in due]
+        return windows[: len(due)]
 
     def block(self, out: np.ndarray, rows: list[int], due: list[tuple[Performer, Hop]],
               lo: int, stride: int) -> tuple[np.ndarray, FrameContext]:  # fmt: skip
@@ -53,45 +65,49 @@ class HopBatch:
         rms, head = _view(self._rms, (p_count, f)), _view(self._head, (p_count, f, len(HEAD_EYE_NAMES)))
         first, perf = self.first[:p_count], self.rows[:p_count]
         head[...] = 0.0
-        width = 0
         r0 = rows[0]
-        consecutive = rows[-1] - r0 + 1 == p_count
-        if consecutive:  # the usual case: one copy for the block
+        if rows[-1] - r0 + 1 == p_count:  # the usual case: one copy for the block
             values[...] = out[r0 : r0 + p_count, lo : lo + f]
-        for i, b in enumerate(rows):
-            performer, hop = due[b]
-            if not consecutive:
+        else:
+            for i, b in enumerate(rows):
                 values[i] = out[b, lo : lo + f]
-            first[i] = hop.first
-            perf[i] = performer.index
-            start = frame_end_sample(hop.first - 1) if hop.first else 0
-            width = max(width, frame_end_sample(hop.last) - start)
+        perf[:] = [due[b][0].index for b in rows]
+        runs = _runs(due, rows)
+        # each run's frame boundaries: frame k of the run's rows is [bounds[k], bounds[k + 1])
+        spans = []
+        width = 0
+        for i0, i1 in runs:
+            hop = due[rows[i0]][1]
+            first[i0:i1] = hop.first
+            bounds = [frame_end_sample(hop.first - 1) if hop.first else 0]
+            bounds += [frame_end_sample(hop.first + k) for k in range(f)]
+            spans.append(bounds)
+            width = max(width, bounds[-1] - bounds[0])
         audio = _view(self._audio, (p_count, width))
         # Each frame's own samples, as flat offsets into ``audio`` (rows right-aligned, their
         # left padding zero): one reduceat gives every frame's sum of squares.
-        starts: list[int] = []
-        lens: list[int] = []
-        for i, b in enumerate(rows):
-            performer, hop = due[b]
-            start = frame_end_sample(hop.first - 1) if hop.first else 0
-            end = frame_end_sample(hop.last)
-            span = performer.stream.history.span(start, end)
-            n = span.shape[0]
-            row = audio[i]
-            row[: width - n] = 0.0
-            row[width - n :] = span
-            base, prev = i * width + width - n - start, start
-            for k in range(f):
-                e = frame_end_sample(hop.first + k)
-                starts.append(base + prev)
-                lens.append(e - prev)
-                prev = e
+        starts = _view(self._starts, (p_count, f))
+        lens = _view(self._lens, (p_count, f))
+        for (i0, i1), bounds in zip(runs, spans, strict=True):
+            history = due[rows[i0]][0].stream.history
+            start, end = bounds[0], bounds[-1]
+            n = end - start
+            if i1 - i0 > 1:
+                assert history.shared is not None
+                audio[i0:i1, width - n :] = history.shared.spans(slice(history.row, history.row + i1 - i0),
+                                                                 start, end)  # fmt: skip
+            else:
+                audio[i0, width - n :] = history.span(start, end)
+            audio[i0:i1, : width - n] = 0.0
+            edges = np.asarray(bounds)
+            starts[i0:i1] = (self._all[i0:i1, None] * width + (width - n - start)) + edges[None, :-1]
+            lens[i0:i1] = np.diff(edges)[None, :]
         flat = audio.reshape(-1)
         square = _view(self._square, (flat.shape[0],))
         np.multiply(flat, flat, out=square)
         flat_rms = rms.reshape(-1)
-        np.add.reduceat(square, starts, out=flat_rms)
-        np.divide(flat_rms, lens, out=flat_rms)
+        np.add.reduceat(square, starts.reshape(-1), out=flat_rms)
+        np.divide(flat_rms, lens.reshape(-1), out=flat_rms)
         np.sqrt(flat_rms, out=flat_rms)
         every = p_count == self.performers and bool((perf == self._all).all())
         ctx = FrameContext(first, rms, None, head, audio=audio, rows=None if every else perf)
@@ -106,3 +122,26 @@ def _view(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The first ``prod(shape)`` elements of ``flat`` as a C-contiguous array of ``shape``."""
     return flat[: int(np.prod(shape))].reshape(shape)
 
+
+
+def _runs(due: list[tuple[Performer, Hop]], rows: Sequence[int]) -> list[tuple[int, int]]:
+    """``rows`` (indices into ``due``) as runs ``[i0, i1)`` that can be copied as one slice:
+    one hop shared by performers on consecutive rows of one :class:`SharedHistories` (the
+    engine plans performers in step once, so their hops are one object)."""
+    runs = []
+    i, n = 0, len(rows)
+    while i < n:
+        p, hop = due[rows[i]]
+        history = p.stream.history
+        shared, row = history.shared, history.row
+        j = i + 1
+        if shared is not None:
+            while j < n:
+                q, other = due[rows[j]]
+                h = q.stream.history
+                if other is not hop or h.shared is not shared or h.row != row + (j - i):
+                    break
+                j += 1
+        runs.append((i, j))
+        i = j
+    return runs

@@ -7,6 +7,11 @@ which conditions its own channel into its own history.  The ring's frame index i
 the capture clock of every member, so a gap (the ring overwrote audio before it was
 read) is one gap for all of them, at the same ring frame: each member starts a new
 segment there, with its own silence and its own frames to drop.
+
+When every member only takes one channel of 16 kHz audio (the usual multi-channel
+interface, and the bench), their histories are rows of one array
+(:class:`~bridge.audio.history.SharedHistories`) and a block is conditioned for all of
+them at once: one column pick, one NaN/Inf check, one copy into the rows.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bridge.audio.base import AudioSource
+from bridge.audio.history import SharedHistories
 from bridge.audio.liveness import InputWatch
 
 if TYPE_CHECKING:  # stream.py reads through a group of one: no import at run time
@@ -37,6 +43,12 @@ class CaptureGroup:
         #: called with every block read (frames x channels, the ring frame after it), in the hop
         #: thread: the voice passthrough's feed (bridge/sync/passthrough.py); must not block
         self.tap: Callable[[np.ndarray, int], None] | None = None
+        #: the members' histories as rows of one array, when one copy can feed them all
+        self.shared: SharedHistories | None = None
+        if len(self.members) > 1 and all(m.conditioner.picks_one_channel_at_16k for m in self.members):
+            self.shared = SharedHistories([m.history for m in self.members])
+            self._channels = np.array([m.conditioner.channel for m in self.members], dtype=np.intp)
+            self._columns = np.zeros((self._scratch.shape[0], len(self.members)), np.float32)
 
     def pull(self, bounded: bool = False) -> None:
         """Move what the source has written so far into every member's history.
@@ -60,11 +72,13 @@ class CaptureGroup:
             block = scratch[:n]
             if self.tap is not None:
                 self.tap(block, ring.read_pos)
-            for m in live:
-                if lost > 0:
+            if lost > 0:
+                for m in live:
                     m.gap(ring.read_pos - n)
-                if not m.ended:
-                    m.feed(block)
+            if not self._feed_all(live, block):
+                for m in live:
+                    if not m.ended:
+                        m.feed(block)
             budget -= n + lost
             if any(m.ended for m in live):
                 live = [m for m in live if not m.ended]
@@ -73,6 +87,26 @@ class CaptureGroup:
         if self.source.finished and ring.available() == 0:
             for m in live:
                 m.finish()
+
+    def _feed_all(self, live: list[InputStream], block: np.ndarray) -> bool:
+        """Feed ``block`` to every member with one copy, if they are all live, in step and
+        far from a sample limit; False: feed them one by one."""
+        shared = self.shared
+        if shared is None or len(live) != len(self.members) or live[0].ended or not shared.in_step():
+            return False
+        n = block.shape[0]
+        first = live[0]
+        if first.limit_samples is not None and first.history.count + n >= first.limit_samples:
+            return False
+        columns = self._columns[:n]
+        np.take(block, self._channels, axis=1, out=columns)
+        if not np.isfinite(columns.sum()):  # NaN/Inf somewhere: find whose (rare)
+            for i, m in enumerate(live):
+                m.conditioner.scrub(columns[:, i])
+        shared.append_columns(columns)
+        for m in live:
+            m.fed(n)
+        return True
 
     def restart(self, frames: Sequence[int], resume_raw: int) -> list[int]:
         """Capture starts again at ring frame ``resume_raw``; member i's audio goes on from

@@ -105,6 +105,11 @@ class InputStream:
         self._raw_pulled += raw.shape[0]
         self._append(self.conditioner.process(raw))
 
+    def fed(self, n: int) -> None:
+        """``n`` ring frames of this segment went into the history by its capture group's
+        shared copy (see :class:`~bridge.streams.capture.CaptureGroup`)."""
+        self._raw_pulled += n
+
     def finish(self) -> None:
         """The source has written its last frame and all of it was fed: flush and end."""
         self._append(self.conditioner.process(self._empty, last=True))
