@@ -268,7 +268,7 @@ class Bridge:
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
         self.publisher = FramePublisher(post, self.guard, self.outputs, self.stats, self.performers,
                                         self.batch.speech, self.sync, on_frame,
-                                        threaded=len(cast) > 1)  # fmt: skip
+                                        threaded=len(cast) > 1 and self._model_leaves_cpu())  # fmt: skip
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -289,6 +289,11 @@ class Bridge:
                 s.stop()
             self.close()
             raise
+
+    def _model_leaves_cpu(self) -> bool:
+        """Whether the model runs off the CPU (a GPU provider): only then do sends on a thread
+        of their own overlap it; on the CPU they would only take cores from the model."""
+        return self.runner.provider != "CPUExecutionProvider"
 
     def _source(self, members: list[PerformerConfig], duration: float | None, several: bool) -> AudioSource:
         """The one source ``members`` share; with several performers, a refusal names them

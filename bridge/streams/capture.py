@@ -49,6 +49,7 @@ class CaptureGroup:
             self.shared = SharedHistories([m.history for m in self.members])
             self._channels = np.array([m.conditioner.channel for m in self.members], dtype=np.intp)
             self._columns = np.zeros((self._scratch.shape[0], len(self.members)), np.float32)
+            self._every_channel = bool(np.array_equal(self._channels, np.arange(source.channels)))
 
     def pull(self, bounded: bool = False) -> None:
         """Move what the source has written so far into every member's history.
@@ -98,8 +99,11 @@ class CaptureGroup:
         first = live[0]
         if first.limit_samples is not None and first.history.count + n >= first.limit_samples:
             return False
-        columns = self._columns[:n]
-        np.take(block, self._channels, axis=1, out=columns)
+        if self._every_channel:  # each channel one member, in order: the block as it is
+            columns = block
+        else:
+            columns = self._columns[:n]
+            np.take(block, self._channels, axis=1, out=columns)
         if not np.isfinite(columns.sum()):  # NaN/Inf somewhere: find whose (rare)
             for i, m in enumerate(live):
                 m.conditioner.scrub(columns[:, i])
