@@ -87,11 +87,14 @@ class FramePublisher:
             return None
         count, stride = len(b.hops), b.values.shape[1]
         speech = self._speech_prob(b.logits, b.frames, b.lo, stride, self._speech_buffer(count, stride))
-        best = b.logits.argmax(axis=2)  # the greedy path of every row at once
+        # the greedy path of every row at once, from the earliest step a row has not decoded
+        offset = min(p.speech.first_new_step(hop.window_end, b.window) for p, hop in b.hops)
+        offset = min(offset, b.logits.shape[1] - 1)
+        best = b.logits[:, offset:].argmax(axis=2)
         texts = []
         for i, (p, hop) in enumerate(b.hops):
             end = frame_end_sample(hop.last)
-            texts.append(p.speech.new_text_from(best[i], hop.window_end, b.window, end))
+            texts.append(p.speech.new_text_from(best[i], hop.window_end, b.window, end, offset))
         b.ctx.speech_prob = speech
         return texts
 

@@ -70,10 +70,13 @@ def test_batched_speech_probability_and_text_match_one_window_at_a_time() -> Non
             one = SpeechProbability()(logits[b], frames)[lo : lo + count]
             np.testing.assert_allclose(out[b], one, rtol=0, atol=1e-6)
     window = STEP_HOP * 48 + STEP_SPAN
-    one, two = SpeechTrack(), SpeechTrack()
+    one, two, three = SpeechTrack(), SpeechTrack(), SpeechTrack()
     best = logits.argmax(axis=2)
     for b, upto in enumerate((0, 390, 401, 5000, window)):
         for end in (window, window + 640):
-            assert one.new_text(logits[b], end, window, upto + end - window) == two.new_text_from(
-                best[b], end, window, upto + end - window
-            )
+            text = one.new_text(logits[b], end, window, upto + end - window)
+            assert text == two.new_text_from(best[b], end, window, upto + end - window)
+            # the path from the first undecoded step on (what the engine takes for a batch)
+            offset = min(three.first_new_step(end, window), logits.shape[1] - 1)
+            tail = logits[b, offset:].argmax(axis=1)
+            assert text == three.new_text_from(tail, end, window, upto + end - window, offset)

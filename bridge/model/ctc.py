@@ -130,7 +130,10 @@ class BatchSpeechProbability:
             lo_i, hi_i, w = _plan(steps, frames)
             taps = slice(lo, lo + count)
             w = w[taps].copy()
-            plan = (lo_i[taps].copy(), hi_i[taps].copy(), w, (1.0 - w).astype(np.float32))
+            # only the steps these frames interpolate between are ever read: [first, last]
+            first, last = int(lo_i[taps].min()), int(hi_i[taps].max())
+            plan = (lo_i[taps] - first, hi_i[taps] - first, w, (1.0 - w).astype(np.float32),
+                    np.array([first, last + 1]))  # fmt: skip
             if len(self._plans) > 256:
                 self._plans.clear()
             self._plans[key] = plan
@@ -142,7 +145,11 @@ class BatchSpeechProbability:
         rows, steps, vocab = logits.shape
         if vocab != len(CTC_VOCAB) or steps < 1 or frames < 1:
             raise ValueError(f"CTC logits must have shape (B, T, {len(CTC_VOCAB)}), got {logits.shape}")
-        lo_i, hi_i, w, one_minus_w = self._plan(steps, frames, lo, count)
+        lo_i, hi_i, w, one_minus_w, span = self._plan(steps, frames, lo, count)
+        # The softmax of only the steps read (a hop's frames need two or three of the window's
+        # fifty): the same arithmetic per element, a small part of the work.
+        logits = logits[:, span[0] : span[1]]
+        steps = logits.shape[1]
         bufs = self._scratch.get((rows, steps, count))
         if bufs is None:
             if len(self._scratch) > 64:

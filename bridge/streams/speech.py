@@ -34,18 +34,28 @@ class SpeechTrack:
         """Characters of the steps that end in (decoded_to, upto]; ``|`` becomes a space."""
         return self.new_text_from(_check_logits(logits).argmax(axis=1), window_end, window, upto)
 
-    def new_text_from(self, best: np.ndarray, window_end: int, window: int, upto: int) -> str:
-        """:meth:`new_text` from the window's argmax path ``best`` (``[T]`` ids), which the
-        engine takes for a whole batch in one call: only the new steps are walked."""
+    def first_new_step(self, window_end: int, window: int) -> int:
+        """The first step of the window ending at ``window_end`` not decoded yet: the engine
+        takes the argmax path of a batch from the earliest of its rows' on."""
+        start = window_end - window + STEP_SPAN  # end of step 0
+        return max(0, (self._decoded_to - start) // STEP_HOP + 1)
+
+    def new_text_from(self, best: np.ndarray, window_end: int, window: int, upto: int,
+                      offset: int = 0) -> str:  # fmt: skip
+        """:meth:`new_text` from the window's argmax path ``best`` (``[T - offset]`` ids: the
+        path from step ``offset`` on), which the engine takes for a whole batch in one call:
+        only the new steps are walked."""
         start = window_end - window + STEP_SPAN  # end of step 0
         # steps k with decoded_to < start + k * STEP_HOP <= upto
         k_lo = max(0, (self._decoded_to - start) // STEP_HOP + 1)
-        k_hi = min(best.shape[0] - 1, (upto - start) // STEP_HOP)
+        k_hi = min(best.shape[0] + offset - 1, (upto - start) // STEP_HOP)
         if k_lo > k_hi:
             return ""
+        if k_lo < offset:
+            raise ValueError(f"the path starts at step {offset}, after the first new step {k_lo}")
         out = []
         last = self._last_id
-        for i in best[k_lo : k_hi + 1].tolist():
+        for i in best[k_lo - offset : k_hi - offset + 1].tolist():
             if i != last and i >= SPECIAL_IDS:
                 out.append(" " if CTC_VOCAB[i] == "|" else CTC_VOCAB[i])
             last = i
