@@ -15,12 +15,17 @@ made.  The queue holds copies (the engine reuses its buffers); it is bounded, an
 loop that outruns its sender waits for a slot (counted: that is the machine's CPU being
 short, never a receiver, since every transport's send is non-blocking).  An error on the
 sending thread is raised in the hop loop at its next hand-off.
+
+While the sending thread runs, the interpreter's switch interval is 0.5 ms (not 5): the
+hop loop coming back from a model call (which ran without the lock) waits at most that
+long for the sending thread to let go of the interpreter lock.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +44,8 @@ FrameHook = Callable[[FaceFrame], None]
 
 #: Batches the sending thread may be behind by before the hop loop waits for it.
 QUEUE_SLOTS = 4
+#: The interpreter's switch interval while the sending thread runs (seconds).
+SWITCH_INTERVAL_S = 0.0005
 
 
 class _Slot:
@@ -100,6 +107,7 @@ class FrameSender:
         self._next_slot = 0
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._switch_interval: float | None = None  #: the interpreter's, to restore on close
 
     # ---- the hop loop's side ------------------------------------------------------------
     def send(self, batch: FrameBatch, timed: bool = True) -> None:
@@ -111,6 +119,8 @@ class FrameSender:
             return
         self._raise_error()
         if self._thread is None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
             self._thread = threading.Thread(target=self._run, name="a2e-send", daemon=True)
             self._thread.start()
         # A slot is reused only after QUEUE_SLOTS + 1 more hand-offs: by then the thread has
@@ -136,6 +146,9 @@ class FrameSender:
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout=5.0)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
 
     def _raise_error(self) -> None:
         if self._error is not None:

@@ -11,6 +11,7 @@ own, no other) and the identity it was computed with, under its own subject.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,7 +62,10 @@ def expected(k: int, channel: int, name: str) -> float:
     return oracle_value(level(k, channel), ARKIT_NAMES.index(name), IDENTITIES[channel])
 
 
-def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "sending-thread"])
+def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, threaded: bool) -> None:
+    """Inline, and through the sending thread a GPU model gets (forced here on the CPU):
+    the thread's queue keeps every performer's frames complete and in order."""
     wav = write_channels(tmp_path / "four.wav")
     ll, osc = LiveLinkReceiver(), OscReceiver()
     cfg = parse_config({
@@ -75,12 +79,17 @@ def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path) 
     }, "four.toml")  # fmt: skip
     bridge = Bridge(cfg, raw=True)  # exact oracle values
     assert len(bridge.groups) == 1 and bridge.groups[0].source.channels == CHANNELS  # one capture
+    assert bridge.groups[0].capture.shared is not None  # the members' histories: rows of one array
+    assert not bridge.publisher.sender.threaded  # a CPU model: sends inline unless forced
+    bridge.publisher.sender.threaded = threaded
+    switch = sys.getswitchinterval()
     zq = ZmqReceiver(bridge.outputs[2].transport.last_endpoint, "face")
     wait_connected()
     try:
         stats = bridge.run().as_dict()
     finally:
         bridge.close()
+    assert sys.getswitchinterval() == switch
     for r in (ll, osc, zq):
         r.close()
 
@@ -276,3 +285,31 @@ def test_bench_streams_reports_every_stream(tmp_path: Path) -> None:
     ll = doc["livelink_receiver"]
     assert ll == {"received": 135, "duplicates": 0, "out_of_order": 0, "not_received": 0}
     assert doc["stride"] == 1.0 and doc["overhead_ms_per_frame"] > 0
+
+
+def test_an_error_on_the_sending_thread_ends_the_run_in_the_hop_loop(tmp_path: Path) -> None:
+    """A fault in an output (here a stand-in output method that raises, as a bug would) on the
+    sending thread is raised by ``run`` in the hop loop's thread, not lost with the thread."""
+    wav = write_channels(tmp_path / "four.wav")
+    ll = LiveLinkReceiver()
+    cfg = parse_config({
+        "performer": performers(wav),
+        "model": {"preset": "oracle", "providers": ["cpu"], "threads": 1, "fallback": ""},
+        "output": [{"kind": "livelink", "port": ll.port}],
+    }, "four.toml")  # fmt: skip
+    bridge = Bridge(cfg, raw=True)
+    bridge.publisher.sender.threaded = True
+    sent = []
+
+    def broken(batch: object) -> None:
+        sent.append(threading.current_thread().name)
+        raise RuntimeError("encoder bug")
+
+    bridge.outputs[0].publish_batch = broken  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="encoder bug"):
+            bridge.run()
+    finally:
+        bridge.close()
+        ll.close()
+    assert sent and set(sent) == {"a2e-send"}
