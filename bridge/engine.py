@@ -614,11 +614,17 @@ class Bridge:
     def _infer(self, part: list[tuple[Performer, Hop]]) -> tuple[float, np.ndarray | None, np.ndarray]:
         """One model call for ``part``'s windows: seconds, CTC logits ``[B, T, V]`` (or None),
         blendshapes ``[B, F, 52]``."""
-        stats = self.stats
-        windows = self.batch.gather_windows(part)
-        identities = self.batch.identities[: len(part)] if self._identities else None
+        stats, batch, runner = self.stats, self.batch, self.runner
+        identities = batch.identities_for(part) if self._identities else None
+        new = batch.continuing(part) if self.batched else None
+        if new is not None and not runner.can_advance(len(part)):
+            new = None
+        windows = batch.gather_windows(part) if new is None else None
         t0, c0 = time.perf_counter(), time.thread_time()
-        out = self.runner.infer_batch(windows, identities)
+        if windows is None:  # the windows kept on the device move on: only the new samples cross
+            out = runner.advance_batch(new, identities)
+        else:
+            out = runner.infer_batch(windows, identities)
         dt = time.perf_counter() - t0
         stats.inference_cpu_s += time.thread_time() - c0
         stats.inference.add(dt * 1000.0)

@@ -21,6 +21,7 @@ from bridge.errors import BridgeError
 from bridge.model.description import FAMILIES, ModelDescription
 from bridge.model.files import check_model_files
 from bridge.model.session_cache import create_session, session_options
+from bridge.model.window_shift import WindowShift, shift_session
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class _Slot:
     outputs: list[Any]  #: OrtValues: blendshapes [batch, frames, 52] (+ asr_logits)
     binding: Any  #: onnxruntime IOBinding
     run_options: Any  #: RunOptions naming the slot's CUDA graph, or None (uncaptured)
+    shift: WindowShift | None = None  #: the windows kept on the device, advanced by new samples
     identity_version: int = -1  #: which one-hot contents the device identity buffer holds
 
 
@@ -207,6 +209,8 @@ class ModelRunner:
         self._slots: list[_Slot | None] = [None] * (max_batch + 1)
         self._slot_of: list[_Slot | None] = [None] * (max_batch + 1)  #: batch -> slot it runs in
         self._staging: np.ndarray | None = None
+        self._shift_session: Any = None  #: the window-shift graph's session (window_shift.py)
+        self._advance_rows = 0  #: rows of the last bound call, still on the device (0: none)
         if bind_device is not None:
             self._prepare_slots(batch_slots)
         #: Seconds each batch size's warm-up took (with CUDA graphs: its runs and its capture).
@@ -348,7 +352,10 @@ class ModelRunner:
         if self.cuda_graph:
             options = ort.RunOptions()
             options.add_run_config_entry(_GRAPH_ID, str(batch))  # one graph per batch size
-        return _Slot(batch, audio, identity, outputs, binding, options, self._onehot_version)
+        if self._shift_session is None:
+            self._shift_session = shift_session(self.session.get_providers())
+        shift = WindowShift(self._shift_session, audio, batch, self.window_samples, device)
+        return _Slot(batch, audio, identity, outputs, binding, options, shift, self._onehot_version)
 
     def _slot(self, n: int) -> _Slot:
         slot = self._slot_of[n]
@@ -356,16 +363,55 @@ class ModelRunner:
             slot = self._slots[n] = self._slot_of[n] = self._make_slot(n)
         return slot
 
-    def _run_bound(self, windows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _load(self, slot: _Slot, windows: np.ndarray) -> None:
+        """Whole windows into the slot's bound input (and the device's copy it advances from)."""
+        if slot.shift is not None:
+            slot.shift.load(windows)
+        else:
+            slot.audio.update_inplace(windows)
+
+    def can_advance(self, n: int) -> bool:
+        """Whether :meth:`advance_batch` can take ``n`` rows: the last call was ``n`` bound
+        windows, kept on the device."""
+        return n > 0 and n == self._advance_rows
+
+    def advance_batch(self, new: np.ndarray, identities: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`infer_batch` for the last call's windows, each moved on by the ``k``
+        samples of its row of ``new`` (``[n, k]``): only those cross to the device.
+
+        The caller vouches that row i continues the last call's row i (the same performer,
+        nothing skipped); :meth:`can_advance` says whether the device still has them."""
+        n = new.shape[0]
+        if not self.can_advance(n):
+            raise ValueError(f"no {n} windows to advance: the last call was {self._advance_rows} bound rows")
+        if self._ident_name is not None and (identities is not None or self._default_rows < n):
+            self._set_identities(n, identities)
+        slot = self._slot(n)
+        assert slot.shift is not None
+        slot.shift.advance(new)
+        raw, asr = self._run_bound(None, n)
+        if raw.shape != (n, self.frames_per_window, NUM_BLENDSHAPES):
+            self._check_output(raw.shape, n)
+        if not self._in_order:
+            out = self._out[:n]
+            np.take(raw, self._to_canonical, axis=2, out=out)
+            raw = out
+        self.last_asr_logits = asr
+        return raw
+
+    def _run_bound(self, windows: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One bound call for ``n`` windows (padded up to the slot's batch): raw outputs, model order."""
         slot = self._slot(n)
         b = slot.batch
-        if b == n:
-            slot.audio.update_inplace(windows)
+        if windows is None:  # advanced on the device (advance_batch)
+            pass
+        elif b == n:
+            self._load(slot, windows)
         else:
             assert self._staging is not None
             self._staging[:n] = windows
-            slot.audio.update_inplace(self._staging[:b])
+            self._load(slot, self._staging[:b])
+        self._advance_rows = n
         if slot.identity is not None and slot.identity_version != self._onehot_version:
             slot.identity.update_inplace(self._onehot[:b])
             slot.identity_version = self._onehot_version
@@ -510,3 +556,8 @@ class ModelRunner:
             self.warmup_seconds_by_batch[b] = time.perf_counter() - t0
         if not graphs and self.max_batch > 1 and not self.fixed_batch:
             self.infer_batch(zeros)  # the full batch's allocations too
+        for slot in {id(s): s for s in self._slots if s is not None and s.shift is not None}.values():
+            assert slot.shift is not None
+            slot.shift.load(zeros[: slot.batch])  # the shift graph's own allocations, once
+            slot.shift.advance(zeros[: slot.batch, : min(534, self.window_samples)])
+        self._advance_rows = 0  # nothing the engine sent is on the device yet

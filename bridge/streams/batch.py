@@ -38,6 +38,7 @@ class HopBatch:
         self.first = np.zeros(n, dtype=np.int64)
         self.rows = np.zeros(n, dtype=np.intp)
         self._all = np.arange(n, dtype=np.intp)
+        self._last: tuple[tuple[int, int, int], int] | None = None  #: the last call's rows and window end
         self._starts = np.zeros(n * f, dtype=np.intp)
         self._lens = np.zeros(n * f, dtype=np.float32)
 
@@ -53,8 +54,35 @@ class HopBatch:
                 windows[b:e] = history.shared.windows(slice(history.row, history.row + e - b), hop.window_end)
             else:
                 windows[b] = history.window_ending(hop.window_end)
-        self.identities[: len(due)] = [p.identity for p, _hop in due]
         return windows[: len(due)]
+
+    def identities_for(self, due: list[tuple[Performer, Hop]]) -> np.ndarray:
+        """Each due performer's LAM identity, one row each (a view)."""
+        self.identities[: len(due)] = [p.identity for p, _hop in due]
+        return self.identities[: len(due)]
+
+    def continuing(self, due: list[tuple[Performer, Hop]]) -> np.ndarray | None:
+        """The new samples of ``due``'s windows (``[B, k]``, a view) when they continue the
+        last call's: the same performers in the same rows (consecutive rows of one history
+        array, or one performer), every window moved on by the same 1..window samples.
+        None otherwise.  Called once per model call: it remembers this one."""
+        n = len(due)
+        runs = _runs(due, range(n))
+        p, hop = due[0]
+        history = p.stream.history
+        if runs != [(0, n)]:
+            self._last = None
+            return None
+        key = (id(history.shared) if history.shared is not None else id(history), history.row, n)
+        last, self._last = self._last, (key, hop.window_end)
+        if last is None or last[0] != key:
+            return None
+        start, end = last[1], hop.window_end
+        if not 0 < end - start <= history.window:
+            return None
+        if history.shared is not None:
+            return history.shared.spans(slice(history.row, history.row + n), start, end)
+        return history.span(start, end)[None, :]
 
     def block(self, out: np.ndarray, rows: list[int], due: list[tuple[Performer, Hop]],
               lo: int, stride: int) -> tuple[np.ndarray, FrameContext]:  # fmt: skip

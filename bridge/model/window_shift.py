@@ -1,0 +1,107 @@
+"""Advance a batch of bound model windows on the device: only the new samples cross.
+
+A hop of ``B`` performers in step moves every window by the same ``k`` new samples (533
+or 534 at 30 fps).  Gathering ``B`` whole windows and copying them to the device every hop
+is 64 KB per performer-second of window twice over (16 MB for 256 one-second windows): on
+the GPU host that is milliseconds of the hop thread for a model call of 29 ms.  Instead the
+device keeps the last windows (:class:`WindowShift`): a tiny ONNX graph, run on the model's
+device with bound buffers, writes ``concat(previous[:, k:], new)`` into the model's bound
+input and into a second buffer that becomes the next "previous" (two buffers in turn: a
+kernel never reads the buffer it writes).  Only ``[B, k]`` samples go to the device.
+
+The caller says when the windows continue the last call's (the same performers, in the
+same rows); anything else (a first call, another batch, performers dropping out) uploads
+the whole windows, into the model's input and the shift's state alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def shift_model_bytes() -> bytes:
+    """The graph ``(previous [B, W], new [B, K]) -> (window [B, W], state [B, W])``, both
+    ``concat(previous[:, K:], new)``: built with ``onnx`` once per process."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Shape", ["new"], ["new_shape"]),
+        helper.make_node("Gather", ["new_shape", "one"], ["k"], axis=0),
+        helper.make_node("Slice", ["previous", "k", "big", "one"], ["kept"]),
+        helper.make_node("Concat", ["kept", "new"], ["window"], axis=1),
+        helper.make_node("Identity", ["window"], ["state"]),
+    ]
+    inits = [
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("big", TensorProto.INT64, [1], [2**62]),
+    ]
+    graph = helper.make_graph(
+        nodes, "a2e_window_shift",
+        [helper.make_tensor_value_info("previous", TensorProto.FLOAT, ["B", "W"]),
+         helper.make_tensor_value_info("new", TensorProto.FLOAT, ["B", "K"])],
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["B", "W"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["B", "W"])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class WindowShift:
+    """The device-side windows of one batch size: two state buffers, the model's input."""
+
+    def __init__(self, session: Any, audio: Any, batch: int, window: int, device: str) -> None:
+        import onnxruntime as ort
+
+        self.batch = batch
+        self.window = window
+        self._session = session
+        self._audio = audio  #: the model's bound input OrtValue [batch, window]
+        shape = [batch, window]
+        self._states = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
+                        for _ in range(2)]  # fmt: skip
+        self._current = 0  #: which state holds the windows the model last ran on
+        self._scratch = np.zeros(batch * window, np.float32)  #: the new samples, contiguous
+        self._bindings = []
+        for i in range(2):  # binding i: state i -> (model input, state 1 - i)
+            b = session.io_binding()
+            b.bind_ortvalue_input("previous", self._states[i])
+            b.bind_ortvalue_output("window", audio)
+            b.bind_ortvalue_output("state", self._states[1 - i])
+            self._bindings.append(b)
+
+    def load(self, windows: np.ndarray) -> None:
+        """Whole windows ``[batch, W]`` (already padded): into the model's input and the state."""
+        self._audio.update_inplace(windows)
+        self._states[self._current].update_inplace(windows)
+
+    def advance(self, new: np.ndarray) -> None:
+        """Every window moves on by ``new``'s ``k`` samples (``[n, k]``, n <= batch; padding
+        rows get zeros): the model's input becomes the next windows."""
+        n, k = new.shape
+        if not 0 < k <= self.window:
+            raise ValueError(f"a window can advance by 1..{self.window} samples, not {k}")
+        fresh = self._scratch[: self.batch * k].reshape(self.batch, k)
+        fresh[:n] = new
+        fresh[n:] = 0.0
+        binding = self._bindings[self._current]
+        binding.bind_cpu_input("new", fresh)
+        self._session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the model's own session reads the input next
+        self._current = 1 - self._current
+
+
+def shift_session(providers: list[Any], threads: int = 1) -> Any:
+    """An ONNX Runtime session of the shift graph on the model's providers."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(shift_model_bytes(), opts, providers=providers)
