@@ -385,6 +385,7 @@ class Bridge:
         stats.extra.update(self._input_counters())
         stats.extra.update(self.sync.counters())
         if len(self.performers) > 1:
+            stats.extra.update(self.publisher.sender.counters())
             stats.extra["batch"] = self.batch_summary()
             # frames per window (a batch's windows each publish their own frames)
             rows = self.batch_rows

@@ -35,7 +35,7 @@ import numpy as np
 from bridge.blendshapes import HEAD_EYE_NAMES, NUM_BLENDSHAPES
 from bridge.frame import FaceFrame, FrameBatch
 from bridge.outputs.base import Output
-from bridge.stats import RunStats
+from bridge.stats import Histogram, RunStats
 from bridge.sync.hub import SyncHub
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class FrameSender:
         self.threaded = threaded
         self.waits = 0  #: hand-offs that waited for the sending thread (it was behind)
         self.last_sent = 0.0  #: ``time.monotonic()`` after the latest batch's sends
+        self.send_ms = Histogram()  #: time each batch took to encode and send to every output
         self._queue: queue.Queue[tuple[FrameBatch, bool] | None] = queue.Queue(QUEUE_SLOTS)
         self._slots = [_Slot() for _ in range(QUEUE_SLOTS + 2)]
         self._next_slot = 0
@@ -140,6 +141,10 @@ class FrameSender:
             self._queue.join()
         self._raise_error()
 
+    def counters(self) -> dict[str, object]:
+        """For ``--stats``: how long a batch's sends took, and whether the hop loop waited."""
+        return {"send_ms": self.send_ms.summary(), "send_thread": self.threaded, "send_waits": self.waits}
+
     def close(self) -> None:
         """Send what is queued and stop the sending thread."""
         thread, self._thread = self._thread, None
@@ -172,11 +177,12 @@ class FrameSender:
 
     def _send(self, batch: FrameBatch, timed: bool) -> None:
         """Every output its frames of ``batch``; then the latencies, from one clock reading."""
-        batch.sent_at = time.monotonic()
+        batch.sent_at = start = time.monotonic()
         for output in self.outputs:
             output.publish_batch(batch)
         now = time.monotonic()
         self.last_sent = now
+        self.send_ms.add((now - start) * 1000.0)
         if timed:
             self._record(batch, now)
         if self.on_frame is not None:

@@ -37,6 +37,8 @@ print(f"{d['provider']:>22} N={d['streams']:>4} window {d['window_s']} s: publis
       f" latency p50 {d['latency_ms']['p50']} p99 {d['latency_ms']['p99']} ms, inference p50"
       f" {d['inference_ms']['p50']} p99 {d['inference_ms']['p99']} ms, batch {d['batch']['mean']:.1f},"
       f" stride {d['stride']}, overhead {d['overhead_ms_per_frame']} ms/performer-frame,"
-      f" cpu {d['cpu_percent']} %, livelink lost {d['livelink_receiver']['not_received']}")
+      f" cpu {d['cpu_percent']} %, livelink lost {d['livelink_receiver']['not_received']},"
+      f" sends p50 {d['send_ms']['p50']} p99 {d['send_ms']['p99']} ms per batch"
+      f" ({'thread' if d['send_thread'] else 'inline'}, {d['send_waits']} waits)")
 PY
 done
