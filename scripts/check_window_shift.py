@@ -1,8 +1,8 @@
 """Check on a real device that windows moved on by the shift graph give the frames of whole windows.
 
-    python3 scripts/check_window_shift.py --providers cuda,cpu --batch 256 [--model PATH]
+    python3 scripts/check_device_io.py --providers cuda,cpu --batch 256 [--model PATH]
 
-The tests check the same on the CPU (tests/test_window_shift.py); this runs the CUDA path
+The tests check the same on the CPU (tests/test_device_io.py); this runs the CUDA path
 (IOBinding, CUDA graphs) that only a GPU machine has, and times both ways of feeding a hop.
 """
 

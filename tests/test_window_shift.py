@@ -1,5 +1,5 @@
 """Windows kept on the device and moved on by the new samples give the frames that whole
-windows give (bridge/model/window_shift.py).
+windows give (bridge.model.device_io.py).
 
 Real ONNX Runtime sessions with bound buffers on the CPU (``bind_device="cpu"``): the same
 code as the GPU's IOBinding path, with the shift graph on the CPU provider.

@@ -19,9 +19,15 @@ import numpy as np
 from bridge.blendshapes import NUM_BLENDSHAPES, model_to_canonical
 from bridge.errors import BridgeError
 from bridge.model.description import FAMILIES, ModelDescription
+from bridge.model.device_io import (
+    OutputFetch,
+    WindowShift,
+    fetch_model_bytes,
+    helper_session,
+    shift_model_bytes,
+)
 from bridge.model.files import check_model_files
 from bridge.model.session_cache import create_session, session_options
-from bridge.model.window_shift import WindowShift, shift_session
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,7 @@ class _Slot:
     binding: Any  #: onnxruntime IOBinding
     run_options: Any  #: RunOptions naming the slot's CUDA graph, or None (uncaptured)
     shift: WindowShift | None = None  #: the windows kept on the device, advanced by new samples
+    fetch: OutputFetch | None = None  #: device outputs into host arrays made once (None: on the host)
     identity_version: int = -1  #: which one-hot contents the device identity buffer holds
 
 
@@ -209,7 +216,7 @@ class ModelRunner:
         self._slots: list[_Slot | None] = [None] * (max_batch + 1)
         self._slot_of: list[_Slot | None] = [None] * (max_batch + 1)  #: batch -> slot it runs in
         self._staging: np.ndarray | None = None
-        self._shift_session: Any = None  #: the window-shift graph's session (window_shift.py)
+        self._shift_session: Any = None  #: the window-shift graph's session (device_io.py)
         self._advance_rows = 0  #: rows of the last bound call, still on the device (0: none)
         if bind_device is not None:
             self._prepare_slots(batch_slots)
@@ -352,10 +359,16 @@ class ModelRunner:
         if self.cuda_graph:
             options = ort.RunOptions()
             options.add_run_config_entry(_GRAPH_ID, str(batch))  # one graph per batch size
+        providers = self.session.get_providers()
         if self._shift_session is None:
-            self._shift_session = shift_session(self.session.get_providers())
+            self._shift_session = helper_session(shift_model_bytes(), providers)
         shift = WindowShift(self._shift_session, audio, batch, self.window_samples, device)
-        return _Slot(batch, audio, identity, outputs, binding, options, shift, self._onehot_version)
+        fetch = None
+        if device != "cpu":
+            if self._fetch_session is None:
+                self._fetch_session = helper_session(fetch_model_bytes(len(outputs)), providers)
+            fetch = OutputFetch(self._fetch_session, outputs, shapes)
+        return _Slot(batch, audio, identity, outputs, binding, options, shift, fetch, self._onehot_version)
 
     def _slot(self, n: int) -> _Slot:
         slot = self._slot_of[n]
@@ -416,9 +429,13 @@ class ModelRunner:
             slot.identity.update_inplace(self._onehot[:b])
             slot.identity_version = self._onehot_version
         self.session.run_with_iobinding(slot.binding, slot.run_options)
-        outs = slot.outputs
-        raw = outs[0].numpy()
-        asr = outs[1].numpy() if len(outs) > 1 else None
+        if slot.fetch is not None:
+            outs = slot.fetch.run()
+            raw, asr = outs[0], outs[1] if len(outs) > 1 else None
+        else:
+            outs = slot.outputs
+            raw = outs[0].numpy()
+            asr = outs[1].numpy() if len(outs) > 1 else None
         if b != n:
             raw = raw[:n]
             asr = asr[:n] if asr is not None else None

@@ -1,4 +1,7 @@
-"""Advance a batch of bound model windows on the device: only the new samples cross.
+"""What crosses between the host and the device around a bound model call, and no more.
+
+In: advance a batch of bound model windows on the device, so only the new samples cross.
+Out: the model's outputs copied into host arrays made once, inside a run.
 
 A hop of ``B`` performers in step moves every window by the same ``k`` new samples (533
 or 534 at 30 fps).  Gathering ``B`` whole windows and copying them to the device every hop
@@ -12,6 +15,11 @@ kernel never reads the buffer it writes).  Only ``[B, k]`` samples go to the dev
 The caller says when the windows continue the last call's (the same performers, in the
 same rows); anything else (a first call, another batch, performers dropping out) uploads
 the whole windows, into the model's input and the shift's state alike.
+
+Out (:class:`OutputFetch`): ``OrtValue.numpy()`` makes a fresh host array under the
+interpreter lock every call (3 MB a hop for 256 performers' frames and CTC logits, each
+page touched anew).  An identity graph whose outputs are bound to host arrays made once
+has ONNX Runtime copy them during a run, with the lock released.
 """
 
 from __future__ import annotations
@@ -96,12 +104,48 @@ class WindowShift:
         self._current = 1 - self._current
 
 
-def shift_session(providers: list[Any], threads: int = 1) -> Any:
-    """An ONNX Runtime session of the shift graph on the model's providers."""
+def fetch_model_bytes(outputs: int) -> bytes:
+    """The graph ``x0.. -> y0..``, each ``y`` an identity of its ``x`` (float32, any shape)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(outputs)], "a2e_fetch",
+        [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, None) for i in range(outputs)],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(outputs)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class OutputFetch:
+    """A bound call's device outputs, copied into host arrays made once (``arrays``)."""
+
+    def __init__(self, session: Any, outputs: list[Any], shapes: list[tuple[int, ...]]) -> None:
+        import onnxruntime as ort
+
+        self._session = session
+        self.arrays = [np.zeros(shape, np.float32) for shape in shapes]
+        self._binding = session.io_binding()
+        for i, (value, array) in enumerate(zip(outputs, self.arrays, strict=True)):
+            self._binding.bind_ortvalue_input(f"x{i}", value)
+            # an OrtValue over the array's own memory: ORT writes the host array itself
+            self._binding.bind_ortvalue_output(f"y{i}", ort.OrtValue.ortvalue_from_numpy(array))
+
+    def run(self) -> list[np.ndarray]:
+        """Copy the outputs now; the arrays are overwritten by the next call."""
+        self._session.run_with_iobinding(self._binding)
+        return self.arrays
+
+
+def helper_session(model: bytes, providers: list[Any]) -> Any:
+    """An ONNX Runtime session of one of these small graphs on the model's providers."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, threads)
+    opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(shift_model_bytes(), opts, providers=providers)
+    return ort.InferenceSession(model, opts, providers=providers)
