@@ -49,6 +49,23 @@ def main() -> None:
         whole_ms.append((time.perf_counter() - t0) * 1000)
         worst = max(worst, float(np.abs(got - want).max()))
         runner.infer_batch(windows)  # the device holds these again: the next advance continues them
+    slot = runner._slot(a.batch)  # what the last call copied to the host against the device's own
+    if slot.fetch is not None:
+        fetched = [x.copy() for x in slot.fetch.arrays]
+        direct = [v.numpy() for v in slot.outputs]
+        same = all(np.array_equal(x, y) for x, y in zip(fetched, direct, strict=True))
+        t0 = time.perf_counter()
+        for _ in range(10):
+            [v.numpy() for v in slot.outputs]
+        numpy_ms = (time.perf_counter() - t0) * 100
+        t0 = time.perf_counter()
+        for _ in range(10):
+            slot.fetch.run()
+        fetch_ms = (time.perf_counter() - t0) * 100
+        print(f"outputs fetched into host arrays == OrtValue.numpy(): {same}; "
+              f"OrtValue.numpy() {numpy_ms:.2f} ms, fetch {fetch_ms:.2f} ms per call")
+        if not same:
+            raise SystemExit("fetched outputs differ")
     print(f"{runner.provider} batch {a.batch} window {a.window} s: max |advanced - whole| = {worst:.2e}; "
           f"call with new samples p50 {np.percentile(shift_ms, 50):.2f} ms, "
           f"with whole windows (gather + call) p50 {np.percentile(whole_ms, 50):.2f} ms")
