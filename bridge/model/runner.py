@@ -217,6 +217,7 @@ class ModelRunner:
         self._slot_of: list[_Slot | None] = [None] * (max_batch + 1)  #: batch -> slot it runs in
         self._staging: np.ndarray | None = None
         self._shift_session: Any = None  #: the window-shift graph's session (device_io.py)
+        self._fetch_session: Any = None  #: the output-fetch graph's session (device_io.py)
         self._advance_rows = 0  #: rows of the last bound call, still on the device (0: none)
         if bind_device is not None:
             self._prepare_slots(batch_slots)
