@@ -110,3 +110,25 @@ def test_the_engine_moves_windows_on_the_device_and_publishes_the_same_frames(
     assert advances >= 10  # the file is read fast: several frames per hop, still one continuing run
     for key, values in shifted.items():
         np.testing.assert_allclose(values, alone[key], rtol=1e-4, atol=2e-5, err_msg=str(key))
+
+
+def test_the_output_fetch_copies_bound_outputs_into_the_same_host_arrays() -> None:
+    """The fetch graph (the GPU path copies the model's device outputs with it) run on the CPU:
+    each call overwrites the same host arrays with the bound values of that moment."""
+    import onnxruntime as ort
+
+    from bridge.model.device_io import OutputFetch, fetch_model_bytes, helper_session
+
+    session = helper_session(fetch_model_bytes(2), ["CPUExecutionProvider"])
+    shapes = [(3, 30, 52), (3, 49, 32)]
+    values = [ort.OrtValue.ortvalue_from_shape_and_type(list(s), np.float32, "cpu", 0) for s in shapes]
+    fetch = OutputFetch(session, values, shapes)
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        want = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for v, w in zip(values, want, strict=True):
+            v.update_inplace(w)
+        got = fetch.run()
+        assert [g is a for g, a in zip(got, fetch.arrays, strict=True)] == [True, True]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)

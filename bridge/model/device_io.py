@@ -105,14 +105,16 @@ class WindowShift:
 
 
 def fetch_model_bytes(outputs: int) -> bytes:
-    """The graph ``x0.. -> y0..``, each ``y`` an identity of its ``x`` (float32, any shape)."""
+    """The graph ``x0.. -> y0..``, each ``y`` an identity of its ``x`` (float32, rank 3)."""
     import onnx
     from onnx import TensorProto, helper
 
+    def value(name: str, i: int) -> Any:
+        return helper.make_tensor_value_info(f"{name}{i}", TensorProto.FLOAT, ["B", f"T{i}", f"C{i}"])
+
     graph = helper.make_graph(
         [helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(outputs)], "a2e_fetch",
-        [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, None) for i in range(outputs)],
-        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(outputs)],
+        [value("x", i) for i in range(outputs)], [value("y", i) for i in range(outputs)],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
