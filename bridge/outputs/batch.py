@@ -205,26 +205,28 @@ class OscBatchEncoder(PacketBatchEncoder):
 
 
 class ZmqJsonBatchEncoder:
-    """ZeroMQ ``json`` messages of a batch: one ``tolist()`` of the values, then each
-    encoder's %-template per frame, its latency and speech formats folded into the template.
-    A frame with a non-finite value or speech probability goes through
-    :meth:`ZmqEncoder.encode` (which writes ``null`` for them), so every message is the same."""
+    """ZeroMQ ``json`` messages of a batch, formatted in one C-level pass: every field of
+    every frame as a column (one ``tolist()`` each, frame-major), then one template (subject
+    as an argument) ``%``-formatted over ``zip`` of the columns.  A frame with a non-finite
+    value or speech probability is then replaced by :meth:`ZmqEncoder.encode`'s message
+    (which writes ``null`` for them), so every message is the frame path's, byte for byte."""
 
     def __init__(self, encoders: dict[int, ZmqEncoder]) -> None:
         self._router = _Router(sorted(encoders))
         self.encoders = [encoders[p] for p in self._router.performers]
         orders = {None if (o := e.mirror_order) is None else o.tobytes() for e in self.encoders}
-        if len(orders) != 1:
-            raise ValueError("every ZeroMQ encoder of one output must mirror alike")
+        if len(orders) != 1 or len({e.topic for e in self.encoders}) != 1:
+            raise ValueError("every ZeroMQ encoder of one output must mirror alike and share a topic")
         self._order = self.encoders[0].mirror_order
-        #: (latency sent, speech sent) -> each encoder's template
-        self._templates: dict[tuple[bool, bool], list[bytes]] = {}
+        self._subjects = [e.subject_json for e in self.encoders]
+        #: (latency sent, speech sent) -> the template, subject as ``%s``
+        self._templates: dict[tuple[bool, bool], bytes] = {}
 
-    def _template(self, latency: bool, speech: bool) -> list[bytes]:
+    def _template(self, latency: bool, speech: bool) -> bytes:
         key = (latency, speech)
         if key not in self._templates:
-            fields = (b"%.3f" if latency else b"null", b"%.4f" if speech else b"null")
-            self._templates[key] = [e.json_template(*fields) for e in self.encoders]
+            self._templates[key] = self.encoders[0].json_template(
+                b"%.3f" if latency else b"null", b"%.4f" if speech else b"null", subject=b"%s")
         return self._templates[key]
 
     def messages(self, batch: FrameBatch) -> list[bytes] | None:
@@ -236,44 +238,40 @@ class ZmqJsonBatchEncoder:
             return []
         rows, stride = sel.rows, batch.stride
 
-        def take(a: np.ndarray) -> np.ndarray:
-            return a if sel.all_rows else a[rows]
+        def frame_major(a: np.ndarray) -> np.ndarray:  # [Rs, F, ...] -> [F * Rs, ...]
+            a = a if sel.all_rows else a[rows]
+            return a.swapaxes(0, 1).reshape(stride * len(rows), *a.shape[2:])
 
-        values = take(batch.values)
-        finite = np.isfinite(values).all(axis=2)
+        values = frame_major(batch.values)
+        finite = np.isfinite(values).all(axis=1)
         if self._order is not None:
-            values = values[..., self._order]
-        capture = take(batch.capture_time)
-        numbers = frame_numbers(batch, sel)
+            values = values[:, self._order]
+        capture = frame_major(batch.capture_time)
+        numbers = frame_numbers(batch, sel).T.reshape(-1)
         sent_at, prob = batch.sent_at, batch.speech_prob
-        speech = None if prob is None else take(prob)
+        speech = None if prob is None else frame_major(prob)
+        wall = capture + wall_clock().offset
+        subjects = [self._subjects[o] for o in sel.owners] * stride
+        columns = [subjects, numbers.tolist(), (numbers / FPS).tolist(), wall.tolist()]
+        if sent_at is not None:
+            columns.append(((sent_at - capture) * 1000.0).tolist())
+        columns += values.T.tolist()
         if speech is not None:
             finite &= np.isfinite(speech)
-        templates = self._template(sent_at is not None, speech is not None)
-        head = [numbers.tolist(), (numbers / FPS).tolist(), (capture + wall_clock().offset).tolist()]
-        if sent_at is not None:
-            head.append(((sent_at - capture) * 1000.0).tolist())
-        heads = [list(zip(*parts, strict=True)) for parts in zip(*head, strict=True)]  # [Rs][F] tuples
-        vals = values.tolist()
-        probs = speech.tolist() if speech is not None else None
-        texts = batch.texts
-        last = stride - 1
-        words = [b'""'] * len(rows)
-        if texts is not None:
-            words = [json.dumps(t, ensure_ascii=False).encode() if t else b'""'
-                     for t in (texts[i] for i in rows.tolist())]  # fmt: skip
-        ok = finite.all()
-        out: list[bytes] = []
-        append = out.append
-        owners, encoders = sel.owners, self.encoders
-        for f in range(stride):
-            for j, owner in enumerate(owners):
-                text = words[j] if f == last else b'""'
-                if not ok and not finite[j, f]:
-                    append(encoders[owner].encode(batch.frame(int(rows[j]), f)))
-                    continue
-                tail = (probs[j][f], text) if probs is not None else (text,)
-                append(templates[owner] % (*heads[j][f], *vals[j][f], *tail))
+            columns.append(speech.tolist())
+        words = [b'""'] * (len(rows) * stride)
+        if batch.texts is not None:
+            texts, last = batch.texts, (stride - 1) * len(rows)
+            for j, i in enumerate(rows.tolist()):
+                if texts[i]:
+                    words[last + j] = json.dumps(texts[i], ensure_ascii=False).encode()
+        columns.append(words)
+        template = self._template(sent_at is not None, speech is not None)
+        out = list(map(template.__mod__, zip(*columns, strict=True)))
+        if not finite.all():
+            for k in np.flatnonzero(~finite).tolist():
+                f, j = divmod(k, len(rows))
+                out[k] = self.encoders[sel.owners[j]].encode(batch.frame(int(rows[j]), f))
         return out
 
 
@@ -318,7 +316,15 @@ def _zmq_table_send(transport: ZmqPubTransport) -> Callable[[PacketTable, np.nda
 
 
 def batch_sender(output: Output) -> BatchSender | None:
-    """The batch path for ``output`` (Live Link, OSC arkit/vmc, ZeroMQ), or None: frame by frame."""
+    """The batch path for ``output`` (Live Link, OSC arkit/vmc, ZeroMQ), or None: frame by frame
+    (other kinds, or performers whose encoders differ in what one batch encoder shares)."""
+    try:
+        return _batch_sender(output)
+    except ValueError:
+        return None
+
+
+def _batch_sender(output: Output) -> BatchSender | None:
     encoders, transport = output.encoders, output.transport
     kinds = {type(e) for e in encoders.values()}
     if len(kinds) != 1:

@@ -83,12 +83,17 @@ class ZmqEncoder:
         # A bytes template: bytes %-formatting is faster than str and needs no encode after.
         # ``%a`` of a float is its repr, as ``%r`` was in the str template.
         # the template around its latency and speech fields (see :meth:`json_template`)
+        #: the subject as JSON (what a template with a ``%s`` subject is given)
+        self.subject_json = json.dumps(subject, ensure_ascii=False).encode()
         self._parts = (
-            (topic.replace("%", "%%") + ' {"subject":' + lit(subject)
-             + ',"frame":%d,"time":%a,"capture_time":%.6f,"latency_ms":').encode(),
-            (',"names":' + lit(list(EPIC_NAMES)) + ',"values":[' + values + '],"speech":').encode(),
+            (topic.replace("%", "%%") + ' {"subject":').encode(),
+            lit(subject).encode(),
+            b',"frame":%d,"time":%a,"capture_time":%.6f,"latency_ms":',
+            (',"names":' + lit(list(EPIC_NAMES)) + ',"values":[').encode(),
+            values.encode(),
+            b'],"speech":',
             b',"text":%s}',
-        )  # fmt: skip
+        )
         self._template = self.json_template()
         self._scratch = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
         self._dst: slice | np.ndarray = (
@@ -134,12 +139,15 @@ class ZmqEncoder:
         order[self._dst] = np.arange(len(self._dst), dtype=self._dst.dtype)
         return order
 
-    def json_template(self, latency: bytes = b"%s", speech: bytes = b"%s") -> bytes:
-        """The ``json`` bytes %-template: frame ``%d``, time ``%a``, capture time ``%.6f``,
-        ``latency``, the 52 values, ``speech``, text ``%s``.  The frame path formats latency
-        and speech itself (``%s``); a batch path may put ``%.3f`` / ``%.4f`` or ``null`` there."""
-        head, middle, tail = self._parts
-        return head + latency + middle + speech + tail
+    def json_template(self, latency: bytes = b"%s", speech: bytes = b"%s", *, subject: bytes | None = None,
+                      values: bytes | None = None) -> bytes:  # fmt: skip
+        """The ``json`` bytes %-template: [``subject``], frame ``%d``, time ``%a``, capture time
+        ``%.6f``, ``latency``, the 52 values ``%.7g`` [or ``values``], ``speech``, text ``%s``.
+        The frame path formats latency and speech itself (``%s``); a batch path may put
+        ``%.3f`` / ``%.4f`` or ``null`` there, the subject as ``%s`` (:attr:`subject_json`)."""
+        start, subject_text, head, names, values_text, middle, tail = self._parts
+        return (start + (subject_text if subject is None else subject) + head + latency + names
+                + (values_text if values is None else values) + middle + speech + tail)  # fmt: skip
 
 
 class ZmqPubTransport:
