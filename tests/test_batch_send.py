@@ -346,6 +346,35 @@ def test_send_many_to_a_closed_port_is_unreachable(caplog: pytest.LogCaptureFixt
         tx.close()
 
 
+def test_send_many_recovers_when_the_receiver_is_back(caplog: pytest.LogCaptureFixture) -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    tx = UdpTransport("127.0.0.1", port, label="back")
+    tx.RECOVER_S = 0.2  # (2 s in a run; shorter here to keep the test fast)
+    table, order = table_of(8, 100)
+    rx = None
+    try:
+        with caplog.at_level(logging.INFO, logger="bridge.outputs"):
+            tx.send_many(table, order)
+            assert tx.health().state == "unreachable"
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx.bind(("127.0.0.1", port))
+            errors = tx.errors
+            deadline = time.monotonic() + 3.0
+            while tx.health().state != "ok" and time.monotonic() < deadline:
+                tx.send_many(table, order)
+                time.sleep(0.02)
+        assert tx.health().state == "ok"
+        assert tx.errors - errors <= 1  # nothing refused once someone listens (one late ICMP at most)
+        assert sum("reachable again" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        tx.close()
+        if rx is not None:
+            rx.close()
+
+
 def test_send_many_closed_port_counts_like_sendto() -> None:
     """Batch and single sends to a closed loopback port count the same refusals."""
     counts = []
