@@ -266,8 +266,9 @@ def test_zmq_json_matches_frames_with_nan_and_text(mirror: bool) -> None:
 def test_zmq_json_not_live_and_restricted() -> None:
     b = make_batch(4, 2, text=False)
     b.sent_at = None
-    got = compare_zmq({}, served([2, 3]), [b], 4)
-    assert [json.loads(m.split(b" ", 1)[1])["subject"] for m in got] == ["P2", "P3"] * 2
+    odd = 'Ä "q" 50%'  # JSON escapes, non-ASCII and a % in a subject
+    got = compare_zmq({}, [(2, odd), (3, "P3")], [b], 4)
+    assert [json.loads(m.split(b" ", 1)[1])["subject"] for m in got] == [odd, "P3"] * 2
     assert json.loads(got[0].split(b" ", 1)[1])["latency_ms"] is None
 
 

@@ -82,9 +82,9 @@ class ZmqEncoder:
         values = ",".join([_VALUE_FORMAT] * NUM_BLENDSHAPES)
         # A bytes template: bytes %-formatting is faster than str and needs no encode after.
         # ``%a`` of a float is its repr, as ``%r`` was in the str template.
-        # the template around its latency and speech fields (see :meth:`json_template`)
         #: the subject as JSON (what a template with a ``%s`` subject is given)
         self.subject_json = json.dumps(subject, ensure_ascii=False).encode()
+        # the template in the pieces :meth:`json_template` puts together
         self._parts = (
             (topic.replace("%", "%%") + ' {"subject":').encode(),
             lit(subject).encode(),
