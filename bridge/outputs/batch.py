@@ -27,6 +27,7 @@ import numpy as np
 from bridge.clock import wall_clock
 from bridge.frame import FPS, FrameBatch
 from bridge.outputs.base import BatchSender, Output, UdpTransport
+from bridge.outputs.json_floats import Float7g
 from bridge.outputs.livelink import FRAME_S, LiveLinkEncoder
 from bridge.outputs.osc import OscEncoder
 from bridge.outputs.packet_table import PacketTable
@@ -206,8 +207,9 @@ class OscBatchEncoder(PacketBatchEncoder):
 
 class ZmqJsonBatchEncoder:
     """ZeroMQ ``json`` messages of a batch, formatted in one C-level pass: every field of
-    every frame as a column (one ``tolist()`` each, frame-major), then one template (subject
-    as an argument) ``%``-formatted over ``zip`` of the columns.  A frame with a non-finite
+    every frame as a column (one ``tolist()`` each, frame-major; the 52 values of each frame
+    as one text, :class:`~bridge.outputs.json_floats.Float7g`), then one template (subject as
+    an argument) ``%``-formatted over ``zip`` of the columns.  A frame with a non-finite
     value or speech probability is then replaced by :meth:`ZmqEncoder.encode`'s message
     (which writes ``null`` for them), so every message is the frame path's, byte for byte."""
 
@@ -219,14 +221,16 @@ class ZmqJsonBatchEncoder:
             raise ValueError("every ZeroMQ encoder of one output must mirror alike and share a topic")
         self._order = self.encoders[0].mirror_order
         self._subjects = [e.subject_json for e in self.encoders]
-        #: (latency sent, speech sent) -> the template, subject as ``%s``
-        self._templates: dict[tuple[bool, bool], bytes] = {}
+        #: (latency sent, speech sent, values as one ``%s``) -> the template, subject as ``%s``
+        self._templates: dict[tuple[bool, bool, bool], bytes] = {}
+        self._floats = Float7g()
 
-    def _template(self, latency: bool, speech: bool) -> bytes:
-        key = (latency, speech)
+    def _template(self, latency: bool, speech: bool, values: bool) -> bytes:
+        key = (latency, speech, values)
         if key not in self._templates:
             self._templates[key] = self.encoders[0].json_template(
-                b"%.3f" if latency else b"null", b"%.4f" if speech else b"null", subject=b"%s")
+                b"%.3f" if latency else b"null", b"%.4f" if speech else b"null", subject=b"%s",
+                values=b"%s" if values else None)
         return self._templates[key]
 
     def messages(self, batch: FrameBatch) -> list[bytes] | None:
@@ -255,7 +259,11 @@ class ZmqJsonBatchEncoder:
         columns = [subjects, numbers.tolist(), (numbers / FPS).tolist(), wall.tolist()]
         if sent_at is not None:
             columns.append(((sent_at - capture) * 1000.0).tolist())
-        columns += values.T.tolist()
+        formatted = self._floats.format_rows(values)  # each frame's 52 values as one text
+        if formatted is not None:
+            columns.append(formatted[0])
+        else:
+            columns += values.T.tolist()
         if speech is not None:
             finite &= np.isfinite(speech)
             columns.append(speech.tolist())
@@ -266,7 +274,7 @@ class ZmqJsonBatchEncoder:
                 if texts[i]:
                     words[last + j] = json.dumps(texts[i], ensure_ascii=False).encode()
         columns.append(words)
-        template = self._template(sent_at is not None, speech is not None)
+        template = self._template(sent_at is not None, speech is not None, formatted is not None)
         out = list(map(template.__mod__, zip(*columns, strict=True)))
         if not finite.all():
             for k in np.flatnonzero(~finite).tolist():

@@ -89,7 +89,8 @@ class ZmqEncoder:
             (topic.replace("%", "%%") + ' {"subject":').encode(),
             lit(subject).encode(),
             b',"frame":%d,"time":%a,"capture_time":%.6f,"latency_ms":',
-            (',"names":' + lit(list(EPIC_NAMES)) + ',"values":[' + values).encode(),
+            (',"names":' + lit(list(EPIC_NAMES)) + ',"values":[').encode(),
+            values.encode(),
             b'],"speech":',
             b',"text":%s}',
         )
@@ -138,15 +139,16 @@ class ZmqEncoder:
         order[self._dst] = np.arange(len(self._dst), dtype=self._dst.dtype)
         return order
 
-    def json_template(self, latency: bytes = b"%s", speech: bytes = b"%s", *,
-                      subject: bytes | None = None) -> bytes:  # fmt: skip
+    def json_template(self, latency: bytes = b"%s", speech: bytes = b"%s", *, subject: bytes | None = None,
+                      values: bytes | None = None) -> bytes:  # fmt: skip
         """The ``json`` bytes %-template: [``subject``], frame ``%d``, time ``%a``, capture time
-        ``%.6f``, ``latency``, the 52 values ``%.7g``, ``speech``, text ``%s``.  The frame path
-        formats latency and speech itself (``%s``); a batch path may put ``%.3f`` / ``%.4f`` or
-        ``null`` there, and the subject as ``%s`` (given :attr:`subject_json`)."""
-        start, subject_text, head, names_values, middle, tail = self._parts
-        return (start + (subject_text if subject is None else subject) + head + latency + names_values
-                + middle + speech + tail)  # fmt: skip
+        ``%.6f``, ``latency``, the 52 values ``%.7g`` [or ``values``], ``speech``, text ``%s``.
+        The frame path formats latency and speech itself (``%s``); a batch path may put
+        ``%.3f`` / ``%.4f`` or ``null`` there, the subject as ``%s`` (given :attr:`subject_json`)
+        and the values as one ``%s`` (formatted by :mod:`bridge.outputs.json_floats`)."""
+        start, subject_text, head, names, values_text, middle, tail = self._parts
+        return (start + (subject_text if subject is None else subject) + head + latency + names
+                + (values_text if values is None else values) + middle + speech + tail)  # fmt: skip
 
 
 class ZmqPubTransport:
