@@ -7,7 +7,8 @@ formatted with numpy, in three steps:
 1. Digits: the 7 significant digits are ``rint(|v| * 10**(6 - e))`` in float64.  A float32
    is exact in float64 and the product is off by at most a few parts in 1e16, so the
    rounding is the correctly rounded one (what Python writes) unless the product lies within
-   1e-8 of a half; such values (exact ties among them) are formatted by Python instead.
+   1e-8 of a half, or so close to a power of ten that the exponent is in doubt; such values
+   (exact ties among them) are formatted by Python instead.
 2. Text, in two little-endian 64-bit words per value: the digits' ASCII from two small
    tables, then as ``%g`` lays them out: fixed notation for exponents -4 to 6 (the point or
    the ``0.000`` prefix shifted in) or ``d.dddddde-XX``; trailing zeros of the fraction
@@ -134,13 +135,18 @@ class Float7g:
                 break
             e[wrong] += np.where(high[wrong], 1, -1)
             y[wrong] = safe[wrong] * _POW10F[_DIGITS - 1 - e[wrong] + _POW_BIAS]
-        # within 1e-8 of a half, float64 cannot tell how the exact value rounds: Python decides
+        # within 1e-8 of a half, float64 cannot tell how the exact value rounds; and below
+        # 999999.96 (exponent estimated one too high, or y a hair from 9999999.5 before the
+        # step up) the exponent itself hangs on the last bits: Python decides those
         np.floor(y, out=tf)
         np.subtract(y, tf, out=tf)
         np.subtract(tf, 0.5, out=tf)
         np.abs(tf, out=tf)
         np.less(tf, 1e-8, out=m)
-        near = np.flatnonzero(m & valid)
+        np.less(y, 999999.96, out=neg)
+        np.logical_or(m, neg, out=m)
+        np.logical_and(m, valid, out=m)
+        near = np.flatnonzero(m)
         np.rint(y, out=y)
         np.copyto(y, 0.0, where=zero)
         np.copyto(e, 0, where=zero)
