@@ -444,7 +444,9 @@ class Output:
 
     def publish_batch(self, batch: FrameBatch) -> None:
         """Every frame of ``batch`` whose performer this output serves, each performer's in
-        frame order: the packets :meth:`publish` would send, frame by frame."""
+        frame order: the packets :meth:`publish` would send, frame by frame.  Through
+        :attr:`batch_sender` where the kind has one (every frame ``f`` of the batch before
+        any ``f + 1``), else frame by frame here."""
         if not self.enabled:
             return
         if self.batch_sender is not None and self.batch_sender.publish(batch):

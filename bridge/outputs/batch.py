@@ -4,8 +4,9 @@ With hundreds of performers, encoding and sending frame by frame (a FaceFrame, a
 a syscall per packet) costs more than the model.  Here a :class:`~bridge.frame.FrameBatch`
 is encoded all at once: the UDP formats patch every served performer's packets in one
 :class:`~bridge.outputs.packet_table.PacketTable` with a few numpy assignments, and the
-transport sends them with one ``sendmmsg``; ZeroMQ's JSON is formatted from one ``tolist()``
-of the batch (libzmq has no batch send: one NOBLOCK send per message, as before).
+transport sends them with one ``sendmmsg``; ZeroMQ's JSON takes each field of the batch as
+one list and the 52 values of each frame as one text (:mod:`bridge.outputs.json_floats`),
+then one ``%`` per message (libzmq has no batch send: one NOBLOCK send per message, as before).
 
 The packets are byte for byte those :meth:`Output.publish <bridge.outputs.base.Output.publish>`
 sends for each frame (tests/test_batch_send.py compares them at real receivers), sent frame
