@@ -95,10 +95,12 @@ def udp_pair(cfg: dict, performers: list[tuple[int, str | None]]):
 def compare_udp(cfg: dict, performers: list[tuple[int, str | None]], batches: list[FrameBatch],
                 expect: int) -> list[bytes]:  # fmt: skip
     fast, fast_rx, slow, slow_rx = udp_pair(cfg, performers)
+    segments = fast.transport._segments  # type: ignore[attr-defined]
     try:
         for b in batches:
             fast.publish_batch(b)
             reference(slow, b)
+        assert fast.transport._segments == segments  # type: ignore[attr-defined]  # (GSO after the first batch)
         got, want = fast_rx.take(expect), slow_rx.take(expect)
         assert len(want) == expect
         assert got == want
@@ -437,3 +439,107 @@ def test_multi_sender_gives_up_on_other_families() -> None:
     finally:
         a.close()
         b.close()
+
+
+# ---- segmented sends (UDP GSO) --------------------------------------------------------
+
+
+class CallSpy:
+    """Records how many messages each sendmmsg call carried; the real libc call still runs
+    (a spy, not a mock: the kernel sends every packet the test then receives)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from bridge.outputs import udp_batch
+
+        self.calls: list[int] = []
+        real = udp_batch._SENDMMSG
+        if real is None:
+            pytest.skip("no sendmmsg here")
+
+        def spy(fd: int, headers: int, count: int, flags: int) -> int:
+            self.calls.append(count)
+            return real(fd, headers, count, flags)
+
+        monkeypatch.setattr(udp_batch, "_SENDMMSG", spy)
+
+
+def mixed_table() -> tuple[PacketTable, np.ndarray]:
+    """100 packets in runs of equal sizes (as subjects of different lengths make them)."""
+    sizes = [300] * 40 + [301] * 20 + [300] * 30 + [1400] * 10
+    templates = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    return PacketTable(templates, 1, {}), np.arange(len(sizes), dtype=np.intp)
+
+
+def segmenting(rx: UdpSink) -> UdpTransport:
+    tx = UdpTransport("127.0.0.1", rx.port)
+    if not tx._segments:
+        tx.close()
+        pytest.skip("this kernel does not segment UDP sends")
+    tx.send(b"hello")  # known reachable: segmentation is used from now on
+    assert rx.take(1) == [b"hello"]
+    return tx
+
+
+def test_segmented_runs_arrive_as_the_same_datagrams(monkeypatch: pytest.MonkeyPatch) -> None:
+    rx = UdpSink()
+    tx = segmenting(rx)
+    spy = CallSpy(monkeypatch)
+    table, order = mixed_table()
+    try:
+        tx.send_many(table, order)
+        assert rx.take(100) == [table.packet(k) for k in range(100)]
+        assert tx.stats() == {"sent": 101, "errors": 0}
+        assert spy.calls == [4]  # one call, one message per run: 40, 20, 30 and 10 packets
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_packets_too_large_to_segment_go_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    rx = UdpSink()
+    tx = segmenting(rx)
+    assert tx._multi is not None
+    tx._multi.segment_limit = 1000  # as on a 1028-byte MTU path
+    spy = CallSpy(monkeypatch)
+    table, order = mixed_table()
+    try:
+        tx.send_many(table, order)
+        assert rx.take(100) == [table.packet(k) for k in range(100)]
+        assert spy.calls == [3 + 10]  # three runs, then ten 1400-byte packets alone
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_kernel_refusing_segmentation_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More segments than the kernel takes in one send (UDP_MAX_SEGMENTS): a real EINVAL."""
+    from bridge.outputs import udp_batch
+
+    monkeypatch.setattr(udp_batch, "MAX_SEGMENTS", 4096)
+    rx = UdpSink()
+    tx = segmenting(rx)
+    table, order = table_of(600, 16)
+    try:
+        tx.send_many(table, order)
+        assert not tx._segments
+        assert rx.take(600) == [table.packet(k) for k in range(600)]
+        assert tx.stats() == {"sent": 601, "errors": 0}
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_segmented_sends_to_a_receiver_that_goes_away(caplog: pytest.LogCaptureFixture) -> None:
+    rx = UdpSink()
+    tx = segmenting(rx)
+    rx.close()  # the port is closed now: loopback answers with ICMP
+    table, order = mixed_table()
+    try:
+        with caplog.at_level(logging.WARNING, logger="bridge.outputs"):
+            for _ in range(3):
+                tx.send_many(table, order)
+        assert tx.health().state == "unreachable" and tx.last_error == "ECONNREFUSED"
+        assert tx.errors > 0 and tx.sent + tx.errors == 301
+        assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        tx.close()

@@ -30,6 +30,9 @@ from bridge.outputs.udp_batch import multi_sender
 
 log = logging.getLogger("bridge.outputs")
 
+#: errors of a segmented (GSO) send that mean the route or kernel cannot segment it
+_NO_SEGMENTS = frozenset(getattr(errno, n) for n in ("EIO", "EINVAL", "EMSGSIZE", "EOPNOTSUPP", "ENOPROTOOPT")
+                         if hasattr(errno, n))  # fmt: skip
 #: send errors that mean the socket buffer is full: the rest of a batch would fail too
 _BUFFER_FULL = frozenset(getattr(errno, n) for n in ("EAGAIN", "EWOULDBLOCK", "ENOBUFS") if hasattr(errno, n))
 
@@ -269,6 +272,8 @@ class UdpTransport:
                 self._sock.setsockopt(*_RECVERR[family], 1)
                 self.hears_icmp = True
         self._multi = multi_sender(self._sock, addr)  #: sendmmsg, or None: a loop of sendto
+        #: runs of equal-size packets go as one segmented send (GSO) where the kernel can
+        self._segments = self._multi is not None and self._multi.segment_limit > 0
 
     def send(self, data: Buffer) -> None:
         """Send one datagram now or count why not."""
@@ -285,8 +290,10 @@ class UdpTransport:
         """Send the packets of ``table``'s slots ``order``, in order, counting exactly what
         :meth:`send` would count for each: one ``sendmmsg`` per batch on Linux.
 
-        Linux stops a ``sendmmsg`` at the first packet that fails and, when some went, drops
-        that error; so the next call starts at that packet.  A refusal (an ICMP error for an
+        Runs of equal-size packets go as one segmented send each (UDP GSO, where the kernel
+        and route allow) while the receiver is reachable.  Linux stops a ``sendmmsg`` at the
+        first message that fails and, when some went, drops that error; so the next call
+        starts at that message.  A refusal (an ICMP error for an
         earlier packet) is read back from the socket's error queue and counts against that
         packet, as ``sendto`` would; a full socket buffer (EAGAIN, ENOBUFS) counts it and
         every packet after it as errors, without a syscall each.
@@ -299,7 +306,10 @@ class UdpTransport:
             return
         total, done = len(order), 0
         while done < total:
-            went, err = multi.send(table, order, done)
+            # segmented (GSO) only while the receiver is known there: a refusal then counts
+            # against one packet and the rest go one by one, exactly as sendto would count them
+            segments = self._segments and self.reachability.state == "ok"
+            went, err = multi.send(table, order, done, segments)
             if went:
                 done += went
                 self.sent += went
@@ -310,6 +320,11 @@ class UdpTransport:
                 err = self._queued_refusal()
                 if not err:
                     continue  # the lost error was not a refusal: try again from there
+            if segments and err in _NO_SEGMENTS:
+                self._segments = False  # this route or kernel does not segment: one by one from now on
+                log.debug("%s: UDP segmentation refused (%s); sending datagrams one by one",
+                          self.reachability.name, errno.errorcode.get(err, err))  # fmt: skip
+                continue
             if err in _BUFFER_FULL:
                 self.errors += total - done
                 self.last_error = errno.errorcode.get(err, str(err))
