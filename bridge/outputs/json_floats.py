@@ -126,7 +126,7 @@ class Float7g:
         np.floor(tf, out=tf)
         np.copyto(e, tf, casting="unsafe")
         np.subtract(_DIGITS - 1 + _POW_BIAS, e, out=ti)
-        np.take(_POW10F, ti, out=y)
+        np.take(_POW10F, ti, out=y, mode="clip")
         np.multiply(y, safe, out=y)
         for _ in range(3):
             high, low = y >= 9999999.5, y < 999999.5
@@ -150,6 +150,7 @@ class Float7g:
         np.rint(y, out=y)
         np.copyto(y, 0.0, where=zero)
         np.copyto(e, 0, where=zero)
+        # (np.take: mode="clip" writes straight into out=; every index here is in range)
         # the 7 digits as ASCII in one word: the first four from one table, the last three from another
         np.divide(y, 1000.0, out=tf)
         np.floor(tf, out=tf)
@@ -157,12 +158,12 @@ class Float7g:
         np.multiply(tf, 1000.0, out=tf)
         np.subtract(y, tf, out=tf)
         np.copyto(bottom, tf, casting="unsafe")
-        np.take(_WORD4, top, out=digits)
-        np.take(_WORD3, bottom, out=u1)
+        np.take(_WORD4, top, out=digits, mode="clip")
+        np.take(_WORD3, bottom, out=u1, mode="clip")
         np.left_shift(u1, np.uint64(32), out=u1)
         np.bitwise_or(digits, u1, out=digits)
-        np.take(_TZ3, bottom, out=trailing)  # zeros at the end of the 7 digits
-        np.take(_TZ4, top, out=ti)
+        np.take(_TZ3, bottom, out=trailing, mode="clip")  # zeros at the end of the 7 digits
+        np.take(_TZ4, top, out=ti, mode="clip")
         ti += 3
         np.equal(bottom, 0, out=m)
         np.copyto(trailing, ti, where=m)
@@ -170,7 +171,7 @@ class Float7g:
         # fixed, e >= 0: the point after the first e + 1 digits
         np.add(e, 1, out=ti)
         np.clip(ti, 1, 7, out=ti)
-        np.take(_MASK, ti, out=lo)
+        np.take(_MASK, ti, out=lo, mode="clip")
         np.bitwise_and(lo, digits, out=lo)
         np.copyto(sh, ti, casting="unsafe")
         np.multiply(sh, _U8, out=sh)
@@ -186,7 +187,7 @@ class Float7g:
         np.copyto(sh, ti, casting="unsafe")
         np.multiply(sh, _U8, out=sh)
         np.less(e, 0, out=m)  # small
-        np.take(_PREFIX, ti, out=u1)
+        np.take(_PREFIX, ti, out=u1, mode="clip")
         np.left_shift(digits, sh, out=hi)
         np.bitwise_or(u1, hi, out=u1)
         np.copyto(lo, u1, where=m)
@@ -211,7 +212,7 @@ class Float7g:
             self._scientific(np.flatnonzero(m), e, digits, trailing, lo, hi, length)
         # the comma right after the text
         np.minimum(length, 7, out=ti)
-        np.take(_MASK, ti, out=u1)
+        np.take(_MASK, ti, out=u1, mode="clip")
         np.bitwise_and(u1, lo, out=u1)
         np.copyto(sh, ti, casting="unsafe")
         np.multiply(sh, _U8, out=sh)
@@ -221,7 +222,7 @@ class Float7g:
         np.copyto(lo, u1, where=m)
         np.subtract(length, 8, out=ti)
         np.maximum(ti, 0, out=ti)
-        np.take(_MASK, ti, out=u1)
+        np.take(_MASK, ti, out=u1, mode="clip")
         np.bitwise_and(u1, hi, out=u1)
         np.copyto(sh, ti, casting="unsafe")
         np.multiply(sh, _U8, out=sh)
@@ -248,7 +249,7 @@ class Float7g:
             length[i] = len(raw) - 1
         # each value's text and comma, back to back: the first length + 1 of its 16 bytes
         keep = self._keep[:n]
-        np.take(_KEEP, length, axis=0, out=keep.view(np.uint64))
+        np.take(_KEEP, length, axis=0, out=keep.view(np.uint64), mode="clip")
         blob = text.view(np.uint8)[keep].tobytes()
         length += 1
         ends = np.cumsum(length.reshape(rows, k).sum(axis=1)).tolist()
