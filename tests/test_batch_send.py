@@ -543,3 +543,18 @@ def test_segmented_sends_to_a_receiver_that_goes_away(caplog: pytest.LogCaptureF
         assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
     finally:
         tx.close()
+
+
+def test_a_packet_too_large_for_udp_is_one_error_and_segmentation_stays() -> None:
+    rx = UdpSink()
+    tx = segmenting(rx)
+    sizes = [200] * 5 + [70_000] + [200] * 5  # no UDP datagram holds 70000 bytes: EMSGSIZE
+    table = PacketTable([bytes([i]) * n for i, n in enumerate(sizes)], 1, {})
+    try:
+        tx.send_many(table, np.arange(len(sizes), dtype=np.intp))
+        assert rx.take(10) == [table.packet(k) for k in range(11) if k != 5]
+        assert tx.stats() == {"sent": 11, "errors": 1} and tx.last_error == "EMSGSIZE"
+        assert tx._segments and tx.health().state == "ok"
+    finally:
+        tx.close()
+        rx.close()

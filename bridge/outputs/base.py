@@ -320,7 +320,7 @@ class UdpTransport:
                 err = self._queued_refusal()
                 if not err:
                     continue  # the lost error was not a refusal: try again from there
-            if segments and err in _NO_SEGMENTS:
+            if segments and err in _NO_SEGMENTS and multi.stopped_segmented:
                 self._segments = False  # this route or kernel does not segment: one by one from now on
                 log.debug("%s: UDP segmentation refused (%s); sending datagrams one by one",
                           self.reachability.name, errno.errorcode.get(err, err))  # fmt: skip

@@ -164,6 +164,8 @@ class MultiSender:
         self._run_iovs = (IoVec * 0)()  #: the buffers of one segmented call, in send order
         self._run_iovs_np = np.zeros(0, dtype=_IOV_DTYPE)
         self._cmsgs: dict[int, ctypes.Array] = {}  #: packet size -> its UDP_SEGMENT control message
+        #: whether the message the last call stopped at was a segmented one
+        self.stopped_segmented = False
 
     def _build(self, table: PacketTable) -> None:
         """Headers and buffers for every slot of ``table``, pointing into its data (kept alive here)."""
@@ -209,6 +211,7 @@ class MultiSender:
             self._build(table)
         if segments and self.segment_limit:
             return self._send_runs(table, order, start)
+        self.stopped_segmented = False
         count = min(len(order) - start, MAX_VLEN)
         self._scratch_np[:count] = self._headers[order[start : start + count]]
         n = _SENDMMSG(self._fd, ctypes.addressof(self._scratch), count, socket.MSG_DONTWAIT)
@@ -246,11 +249,12 @@ class MultiSender:
         headers["control"] = control
         headers["controllen"] = np.where(counts > 1, _CMSG_SPACE, 0)
         n = _SENDMMSG(self._fd, ctypes.addressof(self._scratch), k, socket.MSG_DONTWAIT)
+        err = ctypes.get_errno() if n < 0 else 0
         headers["control"] = 0
         headers["controllen"] = 0
-        if n < 0:
-            return 0, ctypes.get_errno()
-        return int(counts[:n].sum()), 0
+        n = max(n, 0)
+        self.stopped_segmented = n < k and bool(counts[n] > 1)
+        return int(counts[:n].sum()), err
 
 
 def multi_sender(sock: socket.socket, address: tuple) -> MultiSender | None:
