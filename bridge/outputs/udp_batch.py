@@ -8,6 +8,11 @@ its buffer (each header pointing at its slot's bytes and at one ``sockaddr`` of 
 destination), and per call only the headers of the slots to send are gathered with numpy.
 ``ctypes.CDLL`` releases the interpreter lock during the call.
 
+Where the kernel and the route allow it (UDP GSO, ``UDP_SEGMENT``, Linux >= 4.18), a run of
+equal-size packets next to each other in the send order goes as one message that the kernel
+cuts into those datagrams: the receiver sees the same datagrams, the network stack is
+crossed once per run (:meth:`MultiSender.send` with ``segments``).
+
 Struct layouts are declared with ctypes (which applies the platform's alignment) and checked
 against Linux's LP64 sizes (``iovec`` 16, ``msghdr`` 56, ``mmsghdr`` 64 bytes on x86_64 and
 aarch64); anywhere else, or without ``sendmmsg`` in the C library, :func:`multi_sender`
@@ -36,7 +41,7 @@ class IoVec(ctypes.Structure):
 
 
 class MsgHdr(ctypes.Structure):
-    """``struct msghdr`` (Linux): destination, buffers, no control data."""
+    """``struct msghdr`` (Linux): destination, buffers, control data (``UDP_SEGMENT``)."""
 
     _fields_ = [
         ("msg_name", ctypes.c_void_p),
@@ -238,7 +243,7 @@ class MultiSender:
         self._run_iovs_np[:used] = self._iov_np[slots[:used]]
         k = len(begins)
         headers = self._scratch_np[:k]
-        headers["name"] = ctypes.addressof(self._name)
+        headers["name"] = ctypes.addressof(self._name) if self._namelen else 0
         headers["namelen"] = self._namelen
         headers["iov"] = ctypes.addressof(self._run_iovs) + begins.astype(np.uintp) * ctypes.sizeof(IoVec)
         headers["iovlen"] = counts
