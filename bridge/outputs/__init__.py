@@ -12,6 +12,7 @@ from pathlib import Path
 from bridge.config import BridgeConfig, OutputConfig, subjectless
 from bridge.errors import BridgeError
 from bridge.outputs.base import Encoder, MultiEncoder, Output, Transport, UdpTransport, bind_udp_listener
+from bridge.outputs.batch import batch_sender
 from bridge.outputs.console import ConsoleEncoder
 from bridge.outputs.ifacialmocap import IFacialMocapEncoder
 from bridge.outputs.ifacialmocap_phone import IFacialMocapOutput, Phone
@@ -60,7 +61,15 @@ def performers_served(cfg: BridgeConfig, out: OutputConfig) -> list[tuple[int, s
 
 
 def build_output(cfg: OutputConfig, performers: Sequence[tuple[int, str | None]] = ONE_PERFORMER) -> Output:
-    """The encoders and transport that one output table describes (sockets opened here).
+    """The encoders and transport that one output table describes (sockets opened here),
+    with the whole-batch path where the kind has one (bridge/outputs/batch.py)."""
+    output = _build_output(cfg, performers)
+    output.batch_sender = batch_sender(output)
+    return output
+
+
+def _build_output(cfg: OutputConfig, performers: Sequence[tuple[int, str | None]]) -> Output:
+    """The output of one table, without its batch path (see :func:`build_output`).
 
     ``performers`` are the ``(index, subject)`` pairs of the performers it serves (see
     :func:`performers_served`); a subject None means the output's own ``subject`` key.

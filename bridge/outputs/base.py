@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import sys
 import time
@@ -24,8 +25,16 @@ import numpy as np
 
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame, FrameBatch
+from bridge.outputs.packet_table import PacketTable
+from bridge.outputs.udp_batch import multi_sender
 
 log = logging.getLogger("bridge.outputs")
+
+#: errors of a segmented (GSO) send that mean the route or kernel cannot segment it
+_NO_SEGMENTS = frozenset(getattr(errno, n) for n in ("EIO", "EINVAL", "EMSGSIZE", "EOPNOTSUPP", "ENOPROTOOPT")
+                         if hasattr(errno, n))  # fmt: skip
+#: send errors that mean the socket buffer is full: the rest of a batch would fail too
+_BUFFER_FULL = frozenset(getattr(errno, n) for n in ("EAGAIN", "EWOULDBLOCK", "ENOBUFS") if hasattr(errno, n))
 
 #: Anything a transport accepts: ``bytes``, ``bytearray`` or a ``memoryview`` of either.
 Buffer = bytes | bytearray | memoryview
@@ -141,6 +150,15 @@ class MultiEncoder(Protocol):
         ...
 
 
+class BatchSender(Protocol):
+    """A whole :class:`~bridge.frame.FrameBatch` at once (bridge/outputs/batch.py): the packets
+    :meth:`Output.publish` would send for its frames, encoded as arrays and sent in bulk."""
+
+    def publish(self, batch: FrameBatch) -> bool:
+        """Send the served rows' frames; False when this batch needs the frame-by-frame path."""
+        ...
+
+
 class Transport(Protocol):
     """Moves bytes; never blocks the caller and never raises on a failed send.
 
@@ -253,6 +271,9 @@ class UdpTransport:
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(*_RECVERR[family], 1)
                 self.hears_icmp = True
+        self._multi = multi_sender(self._sock, addr)  #: sendmmsg, or None: a loop of sendto
+        #: runs of equal-size packets go as one segmented send (GSO) where the kernel can
+        self._segments = self._multi is not None and self._multi.segment_limit > 0
 
     def send(self, data: Buffer) -> None:
         """Send one datagram now or count why not."""
@@ -264,6 +285,65 @@ class UdpTransport:
             self.sent += 1
             if self.reachability.state != "ok":
                 self._went_through()
+
+    def send_many(self, table: PacketTable, order: np.ndarray) -> None:
+        """Send the packets of ``table``'s slots ``order``, in order, counting exactly what
+        :meth:`send` would count for each: one ``sendmmsg`` per batch on Linux.
+
+        Runs of equal-size packets go as one segmented send each (UDP GSO, where the kernel
+        and route allow) while the receiver is reachable.  Linux stops a ``sendmmsg`` at the
+        first message that fails and, when some went, drops that error; so the next call
+        starts at that message.  A refusal (an ICMP error for an
+        earlier packet) is read back from the socket's error queue and counts against that
+        packet, as ``sendto`` would; a full socket buffer (EAGAIN, ENOBUFS) counts it and
+        every packet after it as errors, without a syscall each.
+        """
+        multi = self._multi
+        if multi is None:
+            views, send = table.views(), self.send
+            for slot in order.tolist():
+                send(views[slot])
+            return
+        total, done = len(order), 0
+        while done < total:
+            # segmented (GSO) only while the receiver is known there: a refusal then counts
+            # against one packet and the rest go one by one, exactly as sendto would count them
+            segments = self._segments and self.reachability.state == "ok"
+            went, err = multi.send(table, order, done, segments)
+            if went:
+                done += went
+                self.sent += went
+                if self.reachability.state != "ok":
+                    self._went_through()
+                if done >= total:
+                    return
+                err = self._queued_refusal()
+                if not err:
+                    continue  # the lost error was not a refusal: try again from there
+            if segments and err in _NO_SEGMENTS and multi.stopped_segmented:
+                self._segments = False  # this route or kernel does not segment: one by one from now on
+                log.debug("%s: UDP segmentation refused (%s); sending datagrams one by one",
+                          self.reachability.name, errno.errorcode.get(err, err))  # fmt: skip
+                continue
+            if err in _BUFFER_FULL:
+                self.errors += total - done
+                self.last_error = errno.errorcode.get(err, str(err))
+                return
+            self._failed(OSError(err, os.strerror(err)))
+            done += 1
+
+    def _queued_refusal(self) -> int:
+        """The errno of an ICMP error waiting in the socket's error queue (0: none)."""
+        if not self.hears_icmp:
+            return 0
+        try:
+            _, ancdata, _, _ = self._sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+        except OSError:  # BlockingIOError: empty
+            return 0
+        for _level, _type, data in ancdata:
+            if len(data) >= 4:  # struct sock_extended_err starts with ee_errno
+                return int.from_bytes(data[:4], sys.byteorder)
+        return 0
 
     def _failed(self, e: OSError) -> None:
         self.errors += 1
@@ -344,6 +424,8 @@ class Output:
         resync = [r for r in (getattr(e, "resync", None) for e in routes.values()) if r is not None]
         self._take_resync = take_resync if resync else None
         self._resync = tuple(resync)
+        #: sends whole batches without a FaceFrame each (set by ``build_output``), or None
+        self.batch_sender: BatchSender | None = None
 
     def serves(self, performer: int) -> bool:
         """Whether frames of ``performer`` go out here."""
@@ -377,8 +459,12 @@ class Output:
 
     def publish_batch(self, batch: FrameBatch) -> None:
         """Every frame of ``batch`` whose performer this output serves, each performer's in
-        frame order: the packets :meth:`publish` would send, frame by frame."""
+        frame order: the packets :meth:`publish` would send, frame by frame.  Through
+        :attr:`batch_sender` where the kind has one (every frame ``f`` of the batch before
+        any ``f + 1``), else frame by frame here."""
         if not self.enabled:
+            return
+        if self.batch_sender is not None and self.batch_sender.publish(batch):
             return
         publish, served = self.publish, self._served
         rows = batch.performers.tolist()

@@ -194,6 +194,23 @@ class LiveLinkEncoder:
         """Like :meth:`encode_view`, as an independent ``bytes`` copy."""
         return bytes(self.encode_view(frame))
 
+    def layout(self) -> tuple[bytes, dict[str, tuple[np.ndarray, int]]]:
+        """The packet and where its per-frame fields lie, for a batch encoder that patches
+        many packets at once (:class:`~bridge.outputs.packet_table.PacketTable` fields):
+        ``values`` (value ``k`` of Epic's 52, mirror folded in), ``head`` (9), ``frame`` and
+        ``subframe``, each element 4 bytes."""
+        values_at = self._frame_at + _TAIL.size
+        every = np.arange(VALUE_COUNT, dtype=np.intp)
+        shapes = every[:NUM_BLENDSHAPES][self._shape_dst]
+        head = every[:_HEAD][self._head_dst] + NUM_BLENDSHAPES
+        fields = {
+            "values": (values_at + 4 * shapes, 4),
+            "head": (values_at + 4 * head, 4),
+            "frame": (np.array([self._frame_at]), 4),
+            "subframe": (np.array([self._frame_at + 4]), 4),
+        }
+        return bytes(self._buf), fields
+
 
 def timecode_summary(encoders: list[LiveLinkEncoder]) -> dict[str, object] | None:
     """What ``--stats`` records of the system timecode sent: the first and last frames' time

@@ -199,3 +199,20 @@ class OscEncoder:
     def encode(self, frame: FaceFrame) -> bytes:
         """Like :meth:`encode_view`, as an independent ``bytes`` copy."""
         return bytes(self.encode_view(frame))
+
+    @property
+    def speech(self) -> bool:
+        """Whether the bundle carries ``/arkit/speech``."""
+        return self._speech_at is not None
+
+    def layout(self) -> tuple[bytes, dict[str, tuple[np.ndarray, int]]]:
+        """The bundle and where its per-frame fields lie, for a batch encoder that patches
+        many bundles at once (:class:`~bridge.outputs.packet_table.PacketTable` fields):
+        ``values`` (value ``k`` of Epic's 52, mirror folded in; 4 bytes each), and those of
+        ``frame`` (int32), ``capture`` (float64), ``speech`` and ``time`` (float32) it has."""
+        fields: dict[str, tuple[np.ndarray, int]] = {"values": (self._bytes_at[:, 0].copy(), 4)}
+        for name, at, width in (("frame", self._frame_at, 4), ("capture", self._capture_at, 8),
+                                ("speech", self._speech_at, 4), ("time", self._time_at, 4)):  # fmt: skip
+            if at is not None:
+                fields[name] = (np.array([at]), width)
+        return bytes(self._buf), fields

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -81,16 +82,19 @@ class ZmqEncoder:
         values = ",".join([_VALUE_FORMAT] * NUM_BLENDSHAPES)
         # A bytes template: bytes %-formatting is faster than str and needs no encode after.
         # ``%a`` of a float is its repr, as ``%r`` was in the str template.
-        self._template = (
-            topic.replace("%", "%%")
-            + ' {"subject":'
-            + lit(subject)
-            + ',"frame":%d,"time":%a,"capture_time":%.6f,"latency_ms":%s,"names":'
-            + lit(list(EPIC_NAMES))
-            + ',"values":['
-            + values
-            + '],"speech":%s,"text":%s}'
-        ).encode()
+        #: the subject as JSON (what a template with a ``%s`` subject is given)
+        self.subject_json = json.dumps(subject, ensure_ascii=False).encode()
+        # the template in the pieces :meth:`json_template` puts together
+        self._parts = (
+            (topic.replace("%", "%%") + ' {"subject":').encode(),
+            lit(subject).encode(),
+            b',"frame":%d,"time":%a,"capture_time":%.6f,"latency_ms":',
+            (',"names":' + lit(list(EPIC_NAMES)) + ',"values":[').encode(),
+            values.encode(),
+            b'],"speech":',
+            b',"text":%s}',
+        )
+        self._template = self.json_template()
         self._scratch = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
         self._dst: slice | np.ndarray = (
             inverse_permutation(mirror_permutation(EPIC_NAMES)) if mirror else slice(None)
@@ -120,6 +124,31 @@ class ZmqEncoder:
         if self._livelink is not None:
             return self._livelink.encode_view(frame)
         return memoryview(self.encode(frame))
+
+    @property
+    def packet_encoder(self) -> LiveLinkEncoder | None:
+        """The Live Link encoder behind the topic (``livelink`` format), else None."""
+        return self._livelink
+
+    @property
+    def mirror_order(self) -> np.ndarray | None:
+        """Where each JSON value comes from (``values[mirror_order]``), None when not mirrored."""
+        if isinstance(self._dst, slice):
+            return None
+        order = np.empty_like(self._dst)
+        order[self._dst] = np.arange(len(self._dst), dtype=self._dst.dtype)
+        return order
+
+    def json_template(self, latency: bytes = b"%s", speech: bytes = b"%s", *, subject: bytes | None = None,
+                      values: bytes | None = None) -> bytes:  # fmt: skip
+        """The ``json`` bytes %-template: [``subject``], frame ``%d``, time ``%a``, capture time
+        ``%.6f``, ``latency``, the 52 values ``%.7g`` [or ``values``], ``speech``, text ``%s``.
+        The frame path formats latency and speech itself (``%s``); a batch path may put
+        ``%.3f`` / ``%.4f`` or ``null`` there, the subject as ``%s`` (given :attr:`subject_json`)
+        and the values as one ``%s`` (formatted by :mod:`bridge.outputs.json_floats`)."""
+        start, subject_text, head, names, values_text, middle, tail = self._parts
+        return (start + (subject_text if subject is None else subject) + head + latency + names
+                + (values_text if values is None else values) + middle + speech + tail)  # fmt: skip
 
 
 class ZmqPubTransport:
@@ -160,6 +189,19 @@ class ZmqPubTransport:
             self.dropped += 1
         else:
             self.sent += 1
+
+    def send_many(self, messages: Iterable[Buffer]) -> None:
+        """:meth:`send` each message in order (libzmq has no call for many separate messages)."""
+        send, noblock, again = self._sock.send, zmq.NOBLOCK, zmq.Again
+        dropped = count = 0
+        for data in messages:
+            count += 1
+            try:
+                send(data, noblock)
+            except again:
+                dropped += 1
+        self.sent += count - dropped
+        self.dropped += dropped
 
     def close(self) -> None:
         self._sock.close(linger=0)
