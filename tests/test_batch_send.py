@@ -416,7 +416,7 @@ def test_send_many_ipv6() -> None:
         rx.close()
 
 
-def test_send_many_without_sendmmsg_loops_sendto(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_send_many_without_sendmmsg_loops_sendto() -> None:
     """Where sendmmsg is missing (not Linux) the same packets go with sendto; the missing
     syscall is simulated by not building the sender (a stand-in for another platform)."""
     rx = UdpSink()
