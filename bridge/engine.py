@@ -386,6 +386,7 @@ class Bridge:
         stats.extra.update(self.sync.counters())
         if len(self.performers) > 1:
             stats.extra.update(self.publisher.sender.counters())
+            stats.extra["hop_phases_ms"] = {k: h.summary() for k, h in stats.phases.items()}
             stats.extra["batch"] = self.batch_summary()
             # frames per window (a batch's windows each publish their own frames)
             rows = self.batch_rows
@@ -600,6 +601,9 @@ class Bridge:
             self.stats.extra["fallback_error"] = self.fallback.error
             self.fallback.error = None
         step = self.runner.max_batch if self.batched else 1
+        first, hop0 = due[0]
+        newest = first.stream.capture_time(frame_end_sample(hop0.last) - 1)
+        self.stats.phases["wake"].add(max(0.0, hop_start - newest) * 1000.0)
         worst_ms, dt_total, now = 0.0, 0.0, hop_start
         for lo in range(0, len(due), step):
             part = due[lo : lo + step]
@@ -607,6 +611,7 @@ class Bridge:
             dt_total += dt
             worst, now = self._post_and_publish(part, out, logits)
             worst_ms = max(worst_ms, worst)
+        self.stats.phases["hop"].add((now - hop_start) * 1000.0)
         if self.fallback.armed:
             missed = any(hop.dropped > 0 for _p, hop in due) or worst_ms > self.max_latency_s * 1000.0
             self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, dt_total))

@@ -117,7 +117,7 @@ class FramePublisher:
         for i, (p, _hop) in enumerate(hops):
             p.published += stride
             p.rest.remember(values[i, last], head[i, last])
-        now = time.monotonic()
+        now = batch.sent_at = time.monotonic()  # handed over now (the sender stamps its send)
         worst_ms = (now - float(capture.min())) * 1000.0
         self.sender.send(batch)
         return worst_ms, now

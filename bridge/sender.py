@@ -177,7 +177,10 @@ class FrameSender:
 
     def _send(self, batch: FrameBatch, timed: bool) -> None:
         """Every output its frames of ``batch``; then the latencies, from one clock reading."""
-        batch.sent_at = start = time.monotonic()
+        start = time.monotonic()
+        if timed and batch.sent_at is not None:  # when the hop loop handed it over
+            self.stats.phases["queue"].add((start - batch.sent_at) * 1000.0)
+        batch.sent_at = start
         for output in self.outputs:
             output.publish_batch(batch)
         now = time.monotonic()

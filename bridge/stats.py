@@ -72,6 +72,11 @@ class RunStats:
     latency: Histogram = field(default_factory=Histogram)
     inference: Histogram = field(default_factory=Histogram)
     interval: Histogram = field(default_factory=Histogram)
+    #: where a hop's latency goes (ms): ``wake`` its newest audio's arrival -> the hop loop
+    #: starts it; ``hop`` start -> its frames handed to the sender (the model included);
+    #: ``queue`` hand-off -> the sender starts on them (sends: the sender's ``send_ms``)
+    phases: dict[str, Histogram] = field(
+        default_factory=lambda: {"wake": Histogram(), "hop": Histogram(), "queue": Histogram()})
     frames_published: int = 0
     frames_dropped: int = 0
     frames_expected: int = 0
