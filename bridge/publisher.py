@@ -30,8 +30,10 @@ from bridge.post.base import FrameContext
 from bridge.post.finite import OutputGuard
 from bridge.sender import FrameHook, FrameSender
 from bridge.stats import RunStats
+from bridge.streams.keepalive import share_rest_poses
 from bridge.streams.performer import Performer
 from bridge.streams.scheduler import Hop
+from bridge.streams.speech import SpeechTracks
 from bridge.sync.hub import SyncHub
 
 
@@ -69,6 +71,10 @@ class FramePublisher:
         self._speech_prob = BatchSpeechProbability()
         self._capture = np.zeros(64)  #: a block's capture times, reused
         self._subjects = [p.subject for p in performers]  #: a block of every performer's subjects
+        #: each performer's transcript state, a row each (bridge/streams/speech.py)
+        self.speech_tracks = SpeechTracks(len(performers))
+        # each performer's last published pose: rows of two arrays, written per block in one go
+        self._rest_values, self._rest_head = share_rest_poses([p.rest for p in performers])
         self.sender = FrameSender(outputs, stats, sync, on_frame, threaded=threaded)
         self._every = np.arange(len(performers), dtype=np.intp)  #: a block of every performer, in order
 
@@ -87,14 +93,17 @@ class FramePublisher:
             return None
         count, stride = len(b.hops), b.values.shape[1]
         speech = self._speech_prob(b.logits, b.frames, b.lo, stride, self._speech_buffer(count, stride))
+        rows = b.ctx.rows if b.ctx.rows is not None else self._every[:count]
+        runs = _same_hop_runs(b.hops)
+        tracks = self.speech_tracks
         # the greedy path of every row at once, from the earliest step a row has not decoded
-        offset = min(p.speech.first_new_step(hop.window_end, b.window) for p, hop in b.hops)
+        offset = min(tracks.first_new_step(rows[i:j], hop.window_end, b.window) for i, j, hop in runs)
         offset = min(offset, b.logits.shape[1] - 1)
         best = b.logits[:, offset:].argmax(axis=2)
-        texts = []
-        for i, (p, hop) in enumerate(b.hops):
-            end = frame_end_sample(hop.last)
-            texts.append(p.speech.new_text_from(best[i], hop.window_end, b.window, end, offset))
+        texts: list[str] = []
+        for i, j, hop in runs:
+            texts += tracks.new_texts(best[i:j], offset, rows[i:j], hop.window_end, b.window,
+                                      frame_end_sample(hop.last))  # fmt: skip
         b.ctx.speech_prob = speech
         return texts
 
@@ -114,9 +123,10 @@ class FramePublisher:
         subjects = self._subjects if ctx.rows is None else [p.subject for p, _hop in hops]
         batch = FrameBatch(performers, first[:rows], values, head, capture, subjects, ctx.speech_prob, texts)
         last = stride - 1
-        for i, (p, _hop) in enumerate(hops):
+        for p, _hop in hops:
             p.published += stride
-            p.rest.remember(values[i, last], head[i, last])
+        self._rest_values[performers] = values[:, last]
+        self._rest_head[performers] = head[:, last]
         now = batch.sent_at = time.monotonic()  # handed over now (the sender stamps its send)
         worst_ms = (now - float(capture.min())) * 1000.0
         self.sender.send(batch)
@@ -168,3 +178,17 @@ class FramePublisher:
     def restart(self, rows: np.ndarray | None) -> None:
         """Their input is back after a gap: the post chain forgets what came before."""
         self.post.restart(rows)
+
+
+def _same_hop_runs(hops: list[tuple[Performer, Hop]]) -> list[tuple[int, int, Hop]]:
+    """Consecutive rows that share one hop (performers planned in step) as ``(i, j, hop)``."""
+    runs = []
+    i, n = 0, len(hops)
+    while i < n:
+        hop = hops[i][1]
+        j = i + 1
+        while j < n and hops[j][1] is hop:
+            j += 1
+        runs.append((i, j, hop))
+        i = j
+    return runs

@@ -80,3 +80,32 @@ def test_batched_speech_probability_and_text_match_one_window_at_a_time() -> Non
             offset = min(three.first_new_step(end, window), logits.shape[1] - 1)
             tail = logits[b, offset:].argmax(axis=1)
             assert text == three.new_text_from(tail, end, window, upto + end - window, offset)
+
+
+def test_speech_tracks_of_many_rows_decode_as_one_track_per_row() -> None:
+    """The engine's array form of the transcripts (rows in step walk their new steps at once,
+    rows apart one by one) gives each row exactly what its own SpeechTrack gives."""
+    from bridge.streams.speech import SpeechTracks
+
+    rng = np.random.default_rng(7)
+    rows = np.array([0, 2, 3, 5])
+    tracks, alone = SpeechTracks(6), [SpeechTrack() for _ in range(6)]
+    window = STEP_HOP * 48 + STEP_SPAN
+    end, chars = window, 0
+    for hop in range(40):
+        # mostly blank (as speech is), some characters; repeats across the hop boundary
+        logits = (rng.standard_normal((4, 49, len(CTC_VOCAB))) * 2).astype(np.float32)
+        logits[:, :, 0] += rng.choice([8.0, 0.0], size=(4, 49), p=[0.7, 0.3])
+        if hop == 20:  # one row falls behind (published less): its decode position differs
+            tracks.decoded_to[3] -= 2 * STEP_HOP
+            alone[3]._decoded_to -= 2 * STEP_HOP
+        upto = end - 200
+        offset = min(tracks.first_new_step(rows, end, window), 48)
+        best = logits[:, offset:].argmax(axis=2)
+        got = tracks.new_texts(best, offset, rows, end, window, upto)
+        want = [alone[r].new_text(logits[i], end, window, upto) for i, r in enumerate(rows.tolist())]
+        assert got == want, hop
+        chars += sum(len(t) for t in got)
+        end += 533 if hop % 3 else 534
+    assert chars > 50  # the rows really spoke
+    assert [int(tracks.last_id[r]) for r in rows] == [alone[r]._last_id for r in rows]

@@ -46,3 +46,14 @@ class RestPose:
         np.multiply(self._from_values, weight, out=self._out_values)
         np.multiply(self._from_head, weight, out=self._out_head)
         return self._out_values, self._out_head
+
+
+def share_rest_poses(poses: list[RestPose]) -> tuple[np.ndarray, np.ndarray]:
+    """Make each pose's last published values and head rows of two ``[P, ...]`` arrays (which
+    are returned), so a block's poses are remembered with one copy for all performers."""
+    values = np.zeros((len(poses), NUM_BLENDSHAPES), dtype=np.float32)
+    head = np.zeros((len(poses), len(HEAD_EYE_NAMES)), dtype=np.float32)
+    for i, pose in enumerate(poses):
+        values[i], head[i] = pose.values, pose.head
+        pose.values, pose.head = values[i], head[i]
+    return values, head

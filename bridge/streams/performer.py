@@ -2,8 +2,9 @@
 
 The engine computes many performers in one model call and one post-processing call,
 but each keeps its own stream (conditioner, history, scheduler, capture clock), its own
-speech track, its own rest pose and its own frame numbering.  Only the capture stream
-itself is shared, by performers on the channels of one device (see
+speech track (its row of the publisher's ``SpeechTracks``), its own rest pose and its own
+frame numbering.  Only the capture stream itself is shared, by performers on the channels
+of one device (see
 :class:`~bridge.streams.capture.CaptureGroup`).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.streams.keepalive import RestPose
-from bridge.streams.speech import SpeechTrack
 from bridge.streams.stream import InputStream
 
 
@@ -26,7 +26,6 @@ class Performer:
     identity: int  #: LAM identity index its windows are computed with
     stream: InputStream
     group: int  #: index of its capture group in the engine
-    speech: SpeechTrack = field(default_factory=SpeechTrack)
     rest: RestPose = field(default_factory=RestPose)
     published: int = 0  #: frames published (with audio or at rest)
 

@@ -62,3 +62,63 @@ class SpeechTrack:
         self._last_id = last
         self._decoded_to = start + k_hi * STEP_HOP
         return "".join(out)
+
+
+class SpeechTracks:
+    """The streaming greedy transcripts of ``n`` performers, as arrays (row = performer index).
+
+    The same decode as :class:`SpeechTrack` (``new_text_from``) for many rows at once: rows
+    in step (one window end, one decode position: performers of one capture group) walk
+    their new steps with a few array operations, and only rows that emit a character
+    build a string.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.decoded_to = np.zeros(n, np.int64)  #: per row: stream sample up to which steps are decoded
+        self.last_id = np.full(n, BLANK_ID, np.int64)  #: per row: last path token (repeat collapse)
+
+    def first_new_step(self, rows: np.ndarray, window_end: int, window: int) -> int:
+        """The earliest step of ``rows``' windows (ending at ``window_end``) not decoded yet."""
+        start = window_end - window + STEP_SPAN  # end of step 0
+        return max(0, (int(self.decoded_to[rows].min()) - start) // STEP_HOP + 1)
+
+    def new_texts(self, best: np.ndarray, offset: int, rows: np.ndarray, window_end: int, window: int,
+                  upto: int) -> list[str]:  # fmt: skip
+        """Each row's characters of the steps ending in (its decoded_to, upto]; ``best`` is
+        the rows' argmax paths ``[R, T - offset]`` from step ``offset`` on."""
+        count = len(rows)
+        start = window_end - window + STEP_SPAN
+        k_lo = np.maximum(0, (self.decoded_to[rows] - start) // STEP_HOP + 1)
+        k_hi = min(best.shape[1] + offset - 1, (upto - start) // STEP_HOP)
+        lo = int(k_lo.min())
+        if lo > k_hi:
+            return [""] * count
+        if lo < offset:
+            raise ValueError(f"the paths start at step {offset}, after the first new step {lo}")
+        if int(k_lo.max()) != lo:  # rows at different decode positions: one at a time
+            return [self._row_text(best[i], offset, int(r), int(k_lo[i]), k_hi, start)
+                    for i, r in enumerate(rows.tolist())]  # fmt: skip
+        ids = best[:, lo - offset : k_hi - offset + 1]
+        prev = np.empty_like(ids)
+        prev[:, 0] = self.last_id[rows]
+        prev[:, 1:] = ids[:, :-1]
+        emit = (ids != prev) & (ids >= SPECIAL_IDS)
+        texts = [""] * count
+        for i in np.flatnonzero(emit.any(axis=1)).tolist():
+            texts[i] = "".join(" " if CTC_VOCAB[t] == "|" else CTC_VOCAB[t] for t in ids[i][emit[i]].tolist())
+        self.last_id[rows] = ids[:, -1]
+        self.decoded_to[rows] = start + k_hi * STEP_HOP
+        return texts
+
+    def _row_text(self, best: np.ndarray, offset: int, row: int, k_lo: int, k_hi: int, start: int) -> str:
+        if k_lo > k_hi:
+            return ""
+        out = []
+        last = int(self.last_id[row])
+        for i in best[k_lo - offset : k_hi - offset + 1].tolist():
+            if i != last and i >= SPECIAL_IDS:
+                out.append(" " if CTC_VOCAB[i] == "|" else CTC_VOCAB[i])
+            last = i
+        self.last_id[row] = last
+        self.decoded_to[row] = start + k_hi * STEP_HOP
+        return "".join(out)
