@@ -152,6 +152,9 @@ class InputGroup:
     #: the stream sample count the members' earliest next frame needs; None: work it out
     #: again (their schedulers moved).  Keeps a polling turn O(1) however many members.
     needed: int | None = None
+    #: whether the last plan found every member in step (one plan for all): then the first
+    #: member's next frame is every member's
+    in_step: bool = False
 
     @property
     def source(self) -> AudioSource:
@@ -421,8 +424,8 @@ class Bridge:
             return self._step_lost(g)
         source = g.source
         members = g.performers
-        if g.needed is None:
-            g.needed = min(self._next_needed(p) for p in members)
+        if g.needed is None:  # members planned in step last turn need the same audio
+            g.needed = self._next_needed(members[0]) if g.in_step else min(map(self._next_needed, members))
         # the members share one capture, so one sample clock: the first one's estimate is theirs
         missing = g.needed - members[0].stream.expected_count()
         # A ring half full is drained whatever the next frame needs: a source that waits for
@@ -450,7 +453,7 @@ class Bridge:
         # Members in step (one capture: the same history and, unless a command set one apart,
         # the same schedule) get one plan: the first's decision, its Hop object shared.
         step_key: tuple[int, ...] | None = None
-        usable, planned = 0, None
+        usable, planned, keys = 0, None, 0
         for p in members:
             stream, sched = p.stream, p.scheduler
             history = stream.history
@@ -465,13 +468,14 @@ class Bridge:
                     waiting = True
                 continue
             # Frames whose audio was lost, or that fell out of the history, are skipped and counted.
-            step_key, usable = key, stream.first_usable_frame()
+            step_key, usable, keys = key, stream.first_usable_frame(), keys + 1
             sched.drop_until(usable)
             planned = sched.plan(history.count, self._oldest_in_time(p) if g.realtime else None)
             if planned is not None:
                 due.append((p, planned))
             elif not stream.ended:
                 waiting = True
+        g.in_step = keys == 1
         return POLL_S if waiting else None
 
     def _maybe_log_status(self) -> None:

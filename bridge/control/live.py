@@ -304,6 +304,7 @@ class LiveControls:
                 b.performers[n].scheduler.set_lookahead(int(value))
             for g in b.groups:
                 g.needed = None  # the audio their next frames wait for moved
+                g.in_step = False
             return ""
         if name == "identity":
             for n in rows:
