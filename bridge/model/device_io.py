@@ -31,8 +31,7 @@ import numpy as np
 
 def shift_model_bytes() -> bytes:
     """The graph ``(previous [B, W], new [B, K]) -> (window [B, W], state [B, W])``, both
-    ``concat(previous[:, K:], new)``: built with ``onnx`` once per process."""
-    import onnx
+    ``concat(previous[:, K:], new)``: built with ``onnx`` when a runner binds its buffers."""
     from onnx import TensorProto, helper
 
     nodes = [
@@ -54,10 +53,7 @@ def shift_model_bytes() -> bytes:
          helper.make_tensor_value_info("state", TensorProto.FLOAT, ["B", "W"])],
         inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return _serialized(graph)
 
 
 class WindowShift:
@@ -106,7 +102,6 @@ class WindowShift:
 
 def fetch_model_bytes(outputs: int) -> bytes:
     """The graph ``x0.. -> y0..``, each ``y`` an identity of its ``x`` (float32, rank 3)."""
-    import onnx
     from onnx import TensorProto, helper
 
     def value(name: str, i: int) -> Any:
@@ -116,6 +111,14 @@ def fetch_model_bytes(outputs: int) -> bytes:
         [helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(outputs)], "a2e_fetch",
         [value("x", i) for i in range(outputs)], [value("y", i) for i in range(outputs)],
     )  # fmt: skip
+    return _serialized(graph)
+
+
+def _serialized(graph: Any) -> bytes:
+    """``graph`` as a checked model (opset 17, IR 8: what ONNX Runtime 1.17+ reads)."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

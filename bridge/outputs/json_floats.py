@@ -212,22 +212,12 @@ class Float7g:
             self._scientific(np.flatnonzero(m), e, digits, trailing, lo, hi, length)
         # the comma right after the text
         np.minimum(length, 7, out=ti)
-        np.take(_MASK, ti, out=u1, mode="clip")
-        np.bitwise_and(u1, lo, out=u1)
-        np.copyto(sh, ti, casting="unsafe")
-        np.multiply(sh, _U8, out=sh)
-        np.left_shift(np.uint64(ord(",")), sh, out=sh)
-        np.bitwise_or(u1, sh, out=u1)
+        _with_comma(lo, ti, u1, sh)
         np.less(length, 8, out=m)
         np.copyto(lo, u1, where=m)
         np.subtract(length, 8, out=ti)
         np.maximum(ti, 0, out=ti)
-        np.take(_MASK, ti, out=u1, mode="clip")
-        np.bitwise_and(u1, hi, out=u1)
-        np.copyto(sh, ti, casting="unsafe")
-        np.multiply(sh, _U8, out=sh)
-        np.left_shift(np.uint64(ord(",")), sh, out=sh)
-        np.bitwise_or(u1, sh, out=u1)
+        _with_comma(hi, ti, u1, sh)
         np.logical_not(m, out=m)
         np.copyto(hi, u1, where=m)
         # a minus sign in front: both words move up a byte
@@ -280,3 +270,14 @@ class Float7g:
 
 #: row ``L``: the first ``L + 1`` of 16 bytes (a value's text and its comma), as two words of bools
 _KEEP = (np.arange(16)[None, :] <= np.arange(16)[:, None]).view(np.uint64)
+
+
+def _with_comma(word: np.ndarray, at: np.ndarray, out: np.ndarray, shift: np.ndarray) -> None:
+    """``out`` = each ``word`` kept below byte ``at`` with a comma in byte ``at``
+    (``shift`` is scratch of ``at``'s shape)."""
+    np.take(_MASK, at, out=out, mode="clip")
+    np.bitwise_and(out, word, out=out)
+    np.copyto(shift, at, casting="unsafe")
+    np.multiply(shift, _U8, out=shift)
+    np.left_shift(np.uint64(ord(",")), shift, out=shift)
+    np.bitwise_or(out, shift, out=out)
