@@ -21,12 +21,19 @@ import zmq
 
 from bridge.config import OutputConfig
 from bridge.frame import FrameBatch
-from bridge.outputs import build_output
+from bridge.outputs import base, build_output
 from bridge.outputs.base import Output, UdpTransport
 from bridge.outputs.packet_table import PacketTable
 from bridge.outputs.udp_batch import MultiSender, multi_sender
 from tests.decoders import decode_livelink, decode_osc_bundle
 from tests.receivers import wait_connected
+
+
+@pytest.fixture(autouse=True)
+def small_batches_through_the_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches under BATCH_MIN_FRAMES go frame by frame (cheaper there); these tests check the
+    batch encoders and sends themselves, on small batches too."""
+    monkeypatch.setattr(base, "BATCH_MIN_FRAMES", 1)
 
 
 def make_batch(rows: int, stride: int, *, first: int = 100, speech: bool = True, text: bool = True,
@@ -558,3 +565,34 @@ def test_a_packet_too_large_for_udp_is_one_error_and_segmentation_stays() -> Non
     finally:
         tx.close()
         rx.close()
+
+
+def test_a_batch_under_the_threshold_goes_frame_by_frame_with_the_same_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One performer's frame (the single-performer bridge) takes the frame path, whose fixed
+    cost is lower; a receiver gets the same packets either way."""
+    monkeypatch.setattr(base, "BATCH_MIN_FRAMES", 16)
+    fast, fast_rx, slow, slow_rx = udp_pair({"kind": "livelink"}, served([0]))
+    used = []
+    sender = fast.batch_sender
+    assert sender is not None
+    publish = sender.publish
+
+    def counted(batch: FrameBatch) -> bool:
+        used.append(batch.values.shape[0] * batch.stride)
+        return publish(batch)
+
+    sender.publish = counted  # type: ignore[method-assign]
+    try:
+        small, big = make_batch(1, 2), make_batch(1, 16)
+        for b in (small, big):
+            fast.publish_batch(b)
+            reference(slow, b)
+        assert fast_rx.take(18) == slow_rx.take(18)
+        assert used == [16]  # only the batch of 16 frames went through the batch path
+    finally:
+        for x in (fast, slow):
+            x.close()
+        fast_rx.close()
+        slow_rx.close()

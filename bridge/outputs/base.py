@@ -175,6 +175,12 @@ class Transport(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+#: Frames in a batch from which the whole-batch encoders and sends pay off: below, their fixed
+#: cost per batch (tens of µs of array set-up) is more than encoding frame by frame
+#: (``python3 scripts/bench_outputs.py --batch --performers N``: break-even at 8-16 frames).
+BATCH_MIN_FRAMES = 16
+
+
 def wrap_int32(n: int) -> int:
     """``n`` as the int32 a receiver reads (two's complement wrap), so a very long run never
     makes ``struct`` raise on the hot path (2**31 frames at 30 fps is 2.3 years)."""
@@ -464,7 +470,9 @@ class Output:
         any ``f + 1``), else frame by frame here."""
         if not self.enabled:
             return
-        if self.batch_sender is not None and self.batch_sender.publish(batch):
+        sender = self.batch_sender
+        big = batch.values.shape[0] * batch.stride >= BATCH_MIN_FRAMES
+        if sender is not None and big and sender.publish(batch):
             return
         publish, served = self.publish, self._served
         rows = batch.performers.tolist()
