@@ -2,15 +2,17 @@
 
 ``Bridge`` only connects stages and runs the hop loop; each stage lives in its
 own module.  The hop loop runs in the caller's thread; each source fills its
-ring from its own thread.
+ring from its own thread; with several performers and a model on a GPU the sends
+run on a thread of their own (:mod:`bridge.sender`).
 
 Several performers (``[[performer]]``): each has its own stream, scheduler, speech
 track, rest pose and frame numbering (:class:`~bridge.streams.performer.Performer`);
 performers on the channels of one device or file share its capture
 (:class:`~bridge.streams.capture.CaptureGroup`: one source, one ring, read once).
-Per turn, the performers whose hop is due are computed in one model call
-(``ModelRunner.infer_batch``), post-processed in one call per stride, and their
-frames sent to the outputs, which route them by performer.  A performer whose
+Per turn, the performers whose hop is due are planned once when they are in step,
+computed in one model call (``ModelRunner.infer_batch``, or ``advance_batch`` when
+the windows on the device only move on by the new samples), post-processed in one call
+per stride, and their frames sent to the outputs as one batch, routed by performer.  A performer whose
 input is lost drops out of the batch (its face eased to rest, its numbers going
 on) and comes back; the others never notice.
 """
