@@ -105,3 +105,44 @@ def test_no_sharing_when_a_member_mixes_or_resamples() -> None:
     mixed = [InputStream(source16, channel=c, window_samples=8000, window_frames=15, lookahead=0)
              for c in (0, "mix")]  # fmt: skip
     assert CaptureGroup(source16, mixed).shared is None
+
+
+def test_a_slide_keeps_only_what_the_next_frame_can_still_ask_for() -> None:
+    """A slide moves the audio from the oldest sample still needed (``needed_from``), not the
+    whole ``keep``: windows ending anywhere from there on stay exact, older ones are gone."""
+    rng = np.random.default_rng(8)
+    stream = rng.standard_normal(20_000).astype(np.float32)
+    alone = AudioHistory(800, 3000)
+    rows = [AudioHistory(800, 3000) for _ in range(2)]
+    shared = SharedHistories(rows)
+    needed = {"from": 0}
+    for h in [alone, *rows]:
+        h.needed_from = lambda: needed["from"]
+    slides: dict[str, list[int]] = {"alone": [], "shared": []}
+
+    def recorded(h: AudioHistory, key: str) -> None:
+        retained = h.retained
+
+        def kept() -> int:
+            n = retained()
+            slides[key].append(n)
+            return n
+
+        h.retained = kept  # type: ignore[method-assign]
+
+    recorded(alone, "alone")
+    recorded(rows[0], "shared")
+    pos = 0
+    for n in [500] * 40:
+        needed["from"] = pos - 1000  # the next frame's window starts 1000 samples back
+        x = stream[pos : pos + n]
+        alone.append(x)
+        shared.append_columns(np.stack([x, -x], axis=1))
+        pos += n
+        for end in (pos, pos - 150) if pos >= 950 else ():
+            np.testing.assert_array_equal(alone.window_ending(end), stream[end - 800 : end])
+            np.testing.assert_array_equal(shared.windows(slice(0, 2), end)[1], -stream[end - 800 : end])
+    # slides happened (20000 samples through a 6800-sample buffer), each keeping from
+    # needed_from, 1000 + up to 500 samples, never the whole keep of 3000
+    assert slides["alone"] and len(slides["alone"]) == len(slides["shared"])
+    assert all(1000 <= kept <= 1500 for kept in slides["alone"] + slides["shared"])

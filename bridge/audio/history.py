@@ -12,6 +12,8 @@ batch are one slice of it, not one copy per performer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -25,6 +27,9 @@ class AudioHistory:
         #: the group's histories this one is a row of, or None
         self.shared: SharedHistories | None = None
         self.row = 0  #: this history's row in ``shared``
+        #: the oldest stream sample anyone will still ask for (None: any of the newest ``keep``);
+        #: a slide keeps only from there, so it copies a window or so rather than ``keep``
+        self.needed_from: Callable[[], int] | None = None
         self._base = -window  #: stream index of _buf[0] (negative: leading zeros)
         self.count = 0  #: samples appended so far (the sample clock)
 
@@ -47,15 +52,24 @@ class AudioHistory:
         self.count += n
 
     def _room(self, n: int) -> int:
-        """Where ``n`` new samples go, sliding the newest ``keep`` to the front first when they
-        would not fit (one memmove, rarely)."""
+        """Where ``n`` new samples go, sliding what is still needed to the front first when
+        they would not fit (one memmove, rarely)."""
         end = self.count - self._base
         if end + n > self._buf.shape[0]:
-            start = end - self.keep
-            self._buf[: self.keep] = self._buf[start:end]
+            kept = self.retained()
+            start = end - kept
+            self._buf[:kept] = self._buf[start:end]
             self._base += start
-            end = self.keep
+            end = kept
         return end
+
+    def retained(self) -> int:
+        """How many of the newest samples a slide keeps: from :attr:`needed_from` on (at least
+        a window, at most ``keep``).  At 256 performers a slide of ``keep`` (5 s) moved 80 MB
+        and held the hop loop up for tens of ms every few seconds."""
+        if self.needed_from is None:
+            return min(self.keep, self.count - self._base)
+        return min(self.keep, self.count - self._base, max(self.window, self.count - self.needed_from()))
 
     def append_silence(self, n: int) -> None:
         """Append ``n`` zeros (audio that was lost) without allocating them."""
@@ -132,11 +146,12 @@ class SharedHistories:
             columns, n = columns[n - first.keep :], first.keep
         end = first.count - first._base
         if end + n > self.buf.shape[1]:  # slide every row at once (one memmove, rarely)
-            start = end - first.keep
-            self.buf[:, : first.keep] = self.buf[:, start:end]
+            kept = max(h.retained() for h in self.histories)
+            start = end - kept
+            self.buf[:, :kept] = self.buf[:, start:end]
             for h in self.histories:
                 h._base += start
-            end = first.keep
+            end = kept
         self.buf[:, end : end + n] = columns.T
         for h in self.histories:
             h.count += n

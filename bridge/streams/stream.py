@@ -63,6 +63,7 @@ class InputStream:
         self.history = AudioHistory(window_samples, keep)
         self._ahead = int(keep_seconds * SAMPLE_RATE) - SAMPLE_RATE // 10
         self.scheduler = HopScheduler(window_frames, lookahead)
+        self.history.needed_from = self._next_window_start
         self.limit_samples = limit_samples  #: stop after this many 16 kHz samples (--duration)
         self._empty = np.zeros((0, source.channels), np.float32)
         self._solo = None  #: the CaptureGroup of one that :meth:`pull` reads through, made on first use
@@ -94,6 +95,11 @@ class InputStream:
         before = self.history.count
         self._solo.pull(bounded)
         return self.history.count - before
+
+    def _next_window_start(self) -> int:
+        """The first sample of the next frame's model window at any lookahead: audio before it
+        is never asked for again (a history slide need not keep it)."""
+        return frame_end_sample(self.scheduler.next_frame) - self.history.window
 
     def raw_room(self) -> int:
         """Ring frames a bounded pull may still take for this stream (see :meth:`pull_limit`)."""
