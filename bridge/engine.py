@@ -60,6 +60,9 @@ POLL_S = 0.001
 #: A hop loop kept from its hops this long (outside inference) was held up: a stall, an
 #: input gap, a starved process.  What follows says nothing about the model's speed.
 HELD_UP_S = 0.1
+#: Batches from this many rows on send only their new samples to windows kept on the
+#: device (``ModelRunner.advance_batch``); smaller ones upload whole windows.
+ADVANCE_MIN_ROWS = 16
 #: How often a progress line is logged.
 STATUS_EVERY_S = 10.0
 
@@ -628,7 +631,10 @@ class Bridge:
         blendshapes ``[B, F, 52]``."""
         stats, batch, runner = self.stats, self.batch, self.runner
         identities = batch.identities_for(part) if self._identities else None
-        new = batch.continuing(part) if self.batched else None
+        # Moving the windows on the device pays off for big batches (16 MB not copied at 256
+        # rows); for a few rows the extra small graph run costs more than their upload, and
+        # one performer keeps the path its figures were measured on.
+        new = batch.continuing(part) if self.batched and len(part) >= ADVANCE_MIN_ROWS else None
         if new is not None and not runner.can_advance(len(part)):
             new = None
         windows = batch.gather_windows(part) if new is None else None

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from bridge import engine as engine_module
 from bridge.config import parse_config
 from bridge.engine import Bridge
 from bridge.frame import FaceFrame
@@ -66,11 +67,15 @@ def _performers(wav: Path, n: int) -> list[dict]:
              "input": {"kind": "file", "file": str(wav), "channel": c}} for c in range(n)]  # fmt: skip
 
 
+@pytest.mark.parametrize("min_rows", [1, 16], ids=["moved-on", "under-the-threshold"])
 def test_the_engine_moves_windows_on_the_device_and_publishes_the_same_frames(
-    tmp_path: Path, lam: Path
+    tmp_path: Path, lam: Path, min_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four performers in step: after the first hop only new samples go to the model's bound
-    input, and every performer's frames equal those of whole windows, one call each."""
+    input (a batch of 4 does so when the threshold allows it; by default batches under 16
+    rows upload whole windows), and every performer's frames equal those of whole windows,
+    one call each."""
+    monkeypatch.setattr(engine_module, "ADVANCE_MIN_ROWS", min_rows)
     wav = tmp_path / "four.wav"
     rng = np.random.default_rng(5)
     soundfile.write(str(wav), rng.uniform(-0.3, 0.3, (16000 * 2, 4)).astype(np.float32), 16000)
@@ -107,7 +112,10 @@ def test_the_engine_moves_windows_on_the_device_and_publishes_the_same_frames(
     shifted, advances = run(True)
     alone, _ = run(False)
     assert shifted.keys() == alone.keys() and len(shifted) == 4 * 60
-    assert advances >= 10  # the file is read fast: several frames per hop, still one continuing run
+    if min_rows == 1:
+        assert advances >= 10  # the file is read fast: several frames per hop, still one continuing run
+    else:
+        assert advances == 0
     for key, values in shifted.items():
         np.testing.assert_allclose(values, alone[key], rtol=1e-4, atol=2e-5, err_msg=str(key))
 
