@@ -660,8 +660,8 @@ class Bridge:
         by the publisher; return the worst latency (ms) and the time of the last send."""
         frames = out.shape[1]
         strides: dict[int, list[int]] = {}
-        for b, (_p, hop) in enumerate(part):
-            strides.setdefault(hop.stride, []).append(b)
+        for i, j in self.batch.runs(part):  # a run's rows share one hop, so one stride
+            strides.setdefault(part[i][1].stride, []).extend(range(i, j))
         worst_ms, now = 0.0, time.monotonic()
         for stride, rows in strides.items():
             _first, hop0 = part[rows[0]]
@@ -672,7 +672,7 @@ class Bridge:
                 first, count = rows[0], len(rows)
                 # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
                 sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
-            hops = [part[b] for b in rows]
+            hops = part if len(rows) == len(part) else [part[b] for b in rows]
             block = FaceBlock(hops, values, ctx, sel, frames, lo, self.runner.window_samples)
             w, now = self.publisher.block(block)
             worst_ms = max(worst_ms, w)

@@ -39,14 +39,23 @@ class HopBatch:
         self.rows = np.zeros(n, dtype=np.intp)
         self._all = np.arange(n, dtype=np.intp)
         self._last: tuple[tuple[int, int, int], int] | None = None  #: the last call's rows and window end
+        self._runs_due: list[tuple[Performer, Hop]] | None = None  #: the call :meth:`runs` last saw
+        self._runs_all: list[tuple[int, int]] = []
         self._starts = np.zeros(n * f, dtype=np.intp)
         self._lens = np.zeros(n * f, dtype=np.float32)
+
+    def runs(self, due: list[tuple[Performer, Hop]]) -> list[tuple[int, int]]:
+        """``due``'s rows as runs that copy as one slice (see :func:`_runs`), worked out once
+        per model call however many steps ask."""
+        if due is not self._runs_due:
+            self._runs_due, self._runs_all = due, _runs(due, range(len(due)))
+        return self._runs_all
 
     def gather_windows(self, due: list[tuple[Performer, Hop]]) -> np.ndarray:
         """Each due performer's window, one row each: ``[B, window_samples]`` (a view).
         Performers in step on shared histories are copied as one slice."""
         windows = self.windows
-        for b, e in _runs(due, range(len(due))):
+        for b, e in self.runs(due):
             p, hop = due[b]
             history = p.stream.history
             if e - b > 1:
@@ -67,7 +76,7 @@ class HopBatch:
         array, or one performer), every window moved on by the same 1..window samples.
         None otherwise.  Called once per model call: it remembers this one."""
         n = len(due)
-        runs = _runs(due, range(n))
+        runs = self.runs(due)
         p, hop = due[0]
         history = p.stream.history
         if runs != [(0, n)]:
@@ -100,7 +109,7 @@ class HopBatch:
             for i, b in enumerate(rows):
                 values[i] = out[b, lo : lo + f]
         perf[:] = [due[b][0].index for b in rows]
-        runs = _runs(due, rows)
+        runs = self.runs(due) if len(rows) == len(due) else _runs(due, rows)  # all rows, in order
         # each run's frame boundaries: frame k of the run's rows is [bounds[k], bounds[k + 1])
         spans = []
         width = 0
