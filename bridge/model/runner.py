@@ -417,11 +417,9 @@ class ModelRunner:
         """One bound call for ``n`` windows (padded up to the slot's batch): raw outputs, model order."""
         slot = self._slot(n)
         b = slot.batch
-        if windows is None:  # advanced on the device (advance_batch)
-            pass
-        elif b == n:
+        if windows is not None and b == n:  # (None: already advanced on the device, advance_batch)
             self._load(slot, windows)
-        else:
+        elif windows is not None:
             assert self._staging is not None
             self._staging[:n] = windows
             self._load(slot, self._staging[:b])
