@@ -19,6 +19,7 @@ encoders' templates (``layout()``), and the transports count and report as for o
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +94,7 @@ class _Router:
         return sel
 
 
-class PacketBatchEncoder:
+class PacketBatchEncoder(ABC):
     """Base of the UDP-format batch encoders: routing, and a table sized to the stride.
 
     ``encoders`` maps a performer index to its per-frame encoder (one with ``layout()``);
@@ -131,11 +132,13 @@ class PacketBatchEncoder:
         assert self.table is not None
         self.table.write(sel.index[name], np.ascontiguousarray(src, dtype=dtype))
 
+    @abstractmethod
     def _fields(self) -> Sequence[str]:
-        raise NotImplementedError
+        """The packet fields this kind writes (names in the table's layout)."""
 
+    @abstractmethod
     def _fill(self, batch: FrameBatch, sel: Selection) -> None:
-        raise NotImplementedError
+        """Write the batch's selected rows into the table's packets."""
 
 
 class LiveLinkBatchEncoder(PacketBatchEncoder):

@@ -171,12 +171,7 @@ class Float7g:
         # fixed, e >= 0: the point after the first e + 1 digits
         np.add(e, 1, out=ti)
         np.clip(ti, 1, 7, out=ti)
-        np.take(_MASK, ti, out=lo, mode="clip")
-        np.bitwise_and(lo, digits, out=lo)
-        np.copyto(sh, ti, casting="unsafe")
-        np.multiply(sh, _U8, out=sh)
-        np.left_shift(np.uint64(ord(".")), sh, out=u1)
-        np.bitwise_or(lo, u1, out=lo)
+        _with_char(digits, ti, ".", lo, sh, u1)
         np.right_shift(digits, sh, out=u1)
         np.add(sh, _U8, out=sh)
         np.left_shift(u1, sh, out=u1)
@@ -212,12 +207,12 @@ class Float7g:
             self._scientific(np.flatnonzero(m), e, digits, trailing, lo, hi, length)
         # the comma right after the text
         np.minimum(length, 7, out=ti)
-        _with_comma(lo, ti, u1, sh)
+        _with_char(lo, ti, ",", u1, sh, sh)
         np.less(length, 8, out=m)
         np.copyto(lo, u1, where=m)
         np.subtract(length, 8, out=ti)
         np.maximum(ti, 0, out=ti)
-        _with_comma(hi, ti, u1, sh)
+        _with_char(hi, ti, ",", u1, sh, sh)
         np.logical_not(m, out=m)
         np.copyto(hi, u1, where=m)
         # a minus sign in front: both words move up a byte
@@ -272,12 +267,13 @@ class Float7g:
 _KEEP = (np.arange(16)[None, :] <= np.arange(16)[:, None]).view(np.uint64)
 
 
-def _with_comma(word: np.ndarray, at: np.ndarray, out: np.ndarray, shift: np.ndarray) -> None:
-    """``out`` = each ``word`` kept below byte ``at`` with a comma in byte ``at``
-    (``shift`` is scratch of ``at``'s shape)."""
+def _with_char(word: np.ndarray, at: np.ndarray, char: str, out: np.ndarray, shift: np.ndarray,
+               scratch: np.ndarray) -> None:  # fmt: skip
+    """``out`` = each ``word`` kept below byte ``at``, with ``char`` in byte ``at``; ``shift``
+    is left holding ``8 * at`` unless ``scratch`` is the same array (then it is used up)."""
     np.take(_MASK, at, out=out, mode="clip")
     np.bitwise_and(out, word, out=out)
     np.copyto(shift, at, casting="unsafe")
     np.multiply(shift, _U8, out=shift)
-    np.left_shift(np.uint64(ord(",")), shift, out=shift)
-    np.bitwise_or(out, shift, out=out)
+    np.left_shift(np.uint64(ord(char)), shift, out=scratch)
+    np.bitwise_or(out, scratch, out=out)
