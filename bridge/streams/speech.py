@@ -53,15 +53,9 @@ class SpeechTrack:
             return ""
         if k_lo < offset:
             raise ValueError(f"the path starts at step {offset}, after the first new step {k_lo}")
-        out = []
-        last = self._last_id
-        for i in best[k_lo - offset : k_hi - offset + 1].tolist():
-            if i != last and i >= SPECIAL_IDS:
-                out.append(" " if CTC_VOCAB[i] == "|" else CTC_VOCAB[i])
-            last = i
-        self._last_id = last
+        text, self._last_id = _collapse(best[k_lo - offset : k_hi - offset + 1].tolist(), self._last_id)
         self._decoded_to = start + k_hi * STEP_HOP
-        return "".join(out)
+        return text
 
 
 class SpeechTracks:
@@ -113,12 +107,18 @@ class SpeechTracks:
     def _row_text(self, best: np.ndarray, offset: int, row: int, k_lo: int, k_hi: int, start: int) -> str:
         if k_lo > k_hi:
             return ""
-        out = []
-        last = int(self.last_id[row])
-        for i in best[k_lo - offset : k_hi - offset + 1].tolist():
-            if i != last and i >= SPECIAL_IDS:
-                out.append(" " if CTC_VOCAB[i] == "|" else CTC_VOCAB[i])
-            last = i
-        self.last_id[row] = last
+        text, self.last_id[row] = _collapse(best[k_lo - offset : k_hi - offset + 1].tolist(),
+                                            int(self.last_id[row]))  # fmt: skip
         self.decoded_to[row] = start + k_hi * STEP_HOP
-        return "".join(out)
+        return text
+
+
+def _collapse(ids: list[int], last: int) -> tuple[str, int]:
+    """Greedy CTC text of path ``ids`` after token ``last``: repeats collapsed, blanks and
+    specials dropped, ``|`` a space; and the path's last token."""
+    out = []
+    for i in ids:
+        if i != last and i >= SPECIAL_IDS:
+            out.append(" " if CTC_VOCAB[i] == "|" else CTC_VOCAB[i])
+        last = i
+    return "".join(out), last
