@@ -36,6 +36,7 @@ from bridge.config import BridgeConfig, InputConfig, ModelConfig, PerformerConfi
 from bridge.control import Control
 from bridge.errors import BridgeError
 from bridge.frame import FPS, SAMPLE_RATE, frame_end_sample
+from bridge.model.call_thread import ModelThread
 from bridge.model.fallback import FallbackEvent, FallbackSwitch
 from bridge.model.hub import locate_model
 from bridge.model.presets import description_for, get_preset
@@ -142,6 +143,25 @@ def load_model(cfg: ModelConfig, performers: int = 1) -> LoadedModel:
             raise BridgeError(f"{e} -- and the fallback {cfg.fallback!r} failed too: {e2}{hint}") from None
         event = FallbackEvent(cfg.preset, cfg.fallback, str(e), time.monotonic() - failed, 0)
         return LoadedModel(runner, cfg.fallback, event)
+
+
+@dataclass(eq=False)
+class _Call:
+    """What one model call gave."""
+
+    out: np.ndarray  #: blendshapes ``[B, F, 52]`` (reused by the next call)
+    logits: np.ndarray | None  #: CTC logits ``[B, T, V]`` (reused by the next call)
+    seconds: float
+    cpu_seconds: float  #: CPU time of the thread it ran on
+    elsewhere: bool  #: it ran on the model thread
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A hop whose model call is out on the model thread."""
+
+    due: list[tuple[Performer, Hop]]
+    hop_start: float
 
 
 @dataclass(eq=False)
@@ -274,9 +294,15 @@ class Bridge:
         # NaN/Inf never reach post or outputs
         self.guard = OutputGuard(max_frames=window_frames, performers=len(cast), names=names)
         self.batch = HopBatch(len(cast), self.runner.window_samples, window_frames)
+        several_on_device = len(cast) > 1 and self._model_leaves_cpu()
         self.publisher = FramePublisher(post, self.guard, self.outputs, self.stats, self.performers,
                                         self.batch.speech, self.sync, on_frame,
-                                        threaded=len(cast) > 1 and self._model_leaves_cpu())  # fmt: skip
+                                        threaded=several_on_device)  # fmt: skip
+        #: the model calls' own thread (several performers, a model off the CPU): a hop's
+        #: frames are posted and sent while the next hop's call runs (bridge/model/call_thread.py)
+        self.model_thread = ModelThread() if several_on_device and batched else None
+        self._flight: _Flight | None = None  #: the hop whose call is out on the model thread
+        self._held_logits = np.zeros(0, np.float32)  #: a landed call's CTC logits, kept past the next call
         #: identities go to the model only when some performer differs from [model] identity
         self._identities = any(p.identity != cfg.model.identity for p in self.performers)
         self._est_inference_s = 0.0
@@ -368,7 +394,8 @@ class Bridge:
             self.sync.start()
             while not stop.is_set():
                 t_busy, c_busy = time.perf_counter(), time.thread_time()
-                self.control.apply()  # console commands, between hops
+                if self._flight is None:
+                    self.control.apply()  # console commands, between hops (see also _land)
                 wait = self._step()
                 stats.busy_s += time.perf_counter() - t_busy
                 stats.busy_cpu_s += time.thread_time() - c_busy
@@ -376,8 +403,13 @@ class Bridge:
                     break
                 if wait:
                     time.sleep(wait)
+            if self._flight is not None:  # stopped with a call out: its frames still go
+                self._land(more=False)
             self.publisher.sender.flush()  # every frame handed over is sent before the totals
         finally:
+            if self.model_thread is not None:
+                self.model_thread.close()  # an error with a call out: let it finish first
+            self._flight = None
             for g in self.groups:
                 g.source.stop()
             self.sync.stop()
@@ -412,15 +444,27 @@ class Bridge:
 
     def _step(self) -> float | None:
         """One turn of the hop loop: seconds to sleep next, or None when every input is done."""
+        if self._flight is not None:
+            self._land()
+            self._maybe_log_status()
+            return 0.0
         due: list[tuple[Performer, Hop]] = []
         waits = [w for g in self.groups if (w := self._plan_group(g, due)) is not None]
         if due:
-            self._run_batch(due)
-            for p, hop in due:
-                p.scheduler.done(hop)
+            self._hop(due)
             self._maybe_log_status()
             return 0.0
         return min(waits) if waits else None
+
+    def _hop(self, due: list[tuple[Performer, Hop]]) -> None:
+        """``due``'s hops: handed to the model thread (:meth:`_land` finishes them), or run
+        here start to end."""
+        if self.model_thread is not None and len(due) <= self.runner.max_batch:
+            self._launch(due)
+            return
+        self._run_batch(due)
+        for p, hop in due:
+            p.scheduler.done(hop)
 
     def _plan_group(self, g: InputGroup, due: list[tuple[Performer, Hop]]) -> float | None:
         """Pull ``g``'s audio and add its performers' ready hops to ``due``; return how long the
@@ -429,10 +473,7 @@ class Bridge:
             return self._step_lost(g)
         source = g.source
         members = g.performers
-        if g.needed is None:  # members planned in step last turn need the same audio
-            g.needed = self._next_needed(members[0]) if g.in_step else min(map(self._next_needed, members))
-        # the members share one capture, so one sample clock: the first one's estimate is theirs
-        missing = g.needed - members[0].stream.expected_count()
+        missing = self._missing(g)
         # A ring half full is drained whatever the next frame needs: a source that waits for
         # room (a fast file) must never wait on a frame whose audio the ring cannot hold.
         filling = source.ring.available() < source.ring.capacity // 2
@@ -482,6 +523,14 @@ class Bridge:
                 waiting = True
         g.in_step = keys == 1
         return POLL_S if waiting else None
+
+    def _missing(self, g: InputGroup) -> float:
+        """Samples of ``g``'s next frame's audio that have not arrived yet (<= 0: all in)."""
+        members = g.performers
+        if g.needed is None:  # members planned in step last turn need the same audio
+            g.needed = self._next_needed(members[0]) if g.in_step else min(map(self._next_needed, members))
+        # the members share one capture, so one sample clock: the first one's estimate is theirs
+        return g.needed - members[0].stream.expected_count()
 
     def _maybe_log_status(self) -> None:
         if time.monotonic() >= self._next_status:
@@ -599,8 +648,23 @@ class Bridge:
 
     # ---- the batched hop ----------------------------------------------------------------
     def _run_batch(self, due: list[tuple[Performer, Hop]]) -> None:
-        """The due performers' hops: one model call (per ``max_batch`` rows), then their
+        """The due performers' hops, here: one model call (per ``max_batch`` rows), then their
         blocks handed to the publisher (post per stride, outputs)."""
+        hop_start = self._begin_hop(due)
+        step = self.runner.max_batch if self.batched else 1
+        worst_ms, dt_total, now = 0.0, 0.0, hop_start
+        for lo in range(0, len(due), step):
+            part = due[lo : lo + step]
+            call = self._call(*self._inputs(part))
+            self._count_call(part, call)
+            dt_total += call.seconds
+            worst, now = self._post_and_publish(part, call.out, call.logits)
+            worst_ms = max(worst_ms, worst)
+        self._end_hop(due, hop_start, now, worst_ms, dt_total)
+
+    def _begin_hop(self, due: list[tuple[Performer, Hop]]) -> float:
+        """A hop starts: a fallback model loaded in the background takes over; how late the
+        hop started after its newest audio arrived (``wake``).  Returns the start time."""
         hop_start = time.monotonic()
         loaded = self.fallback.take()
         if loaded is not None:
@@ -609,27 +673,87 @@ class Bridge:
             log.error("the fallback model failed to load: %s", self.fallback.error)
             self.stats.extra["fallback_error"] = self.fallback.error
             self.fallback.error = None
-        step = self.runner.max_batch if self.batched else 1
         first, hop0 = due[0]
         newest = first.stream.capture_time(frame_end_sample(hop0.last) - 1)
         self.stats.phases["wake"].add(max(0.0, hop_start - newest) * 1000.0)
-        worst_ms, dt_total, now = 0.0, 0.0, hop_start
-        for lo in range(0, len(due), step):
-            part = due[lo : lo + step]
-            dt, logits, out = self._infer(part)
-            dt_total += dt
-            worst, now = self._post_and_publish(part, out, logits)
-            worst_ms = max(worst_ms, worst)
+        return hop_start
+
+    def _end_hop(self, due: list[tuple[Performer, Hop]], hop_start: float, now: float, worst_ms: float,
+                 inference_s: float) -> None:  # fmt: skip
+        """A hop's frames are handed to the outputs: its time, and what the fallback makes of it."""
         self.stats.phases["hop"].add((now - hop_start) * 1000.0)
         if self.fallback.armed:
             missed = any(hop.dropped > 0 for _p, hop in due) or worst_ms > self.max_latency_s * 1000.0
-            self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, dt_total))
+            self.fallback.observe(now, missed, held_up=self._held_up(hop_start, now, inference_s))
         self._last_hop_end = now
 
-    def _infer(self, part: list[tuple[Performer, Hop]]) -> tuple[float, np.ndarray | None, np.ndarray]:
-        """One model call for ``part``'s windows: seconds, CTC logits ``[B, T, V]`` (or None),
-        blendshapes ``[B, F, 52]``."""
-        stats, batch, runner = self.stats, self.batch, self.runner
+    # ---- a call on the model thread, and the hop after it while it runs ------------------------
+    def _launch(self, due: list[tuple[Performer, Hop]]) -> None:
+        """Hand ``due``'s model call to the model thread; :meth:`_land` finishes the hop."""
+        assert self.model_thread is not None
+        hop_start = self._begin_hop(due)
+        inputs = self._inputs(due)
+        self.model_thread.start(lambda: self._call(*inputs, elsewhere=True))
+        self._flight = _Flight(due, hop_start)
+
+    def _land(self, more: bool = True) -> None:
+        """Collect the call out and publish its frames.  When the next hop's audio is already
+        in (the loop is behind), that hop's call goes out first and runs while these frames
+        are posted and sent (``more``: look for such a hop)."""
+        assert self.model_thread is not None and self._flight is not None
+        flight, self._flight = self._flight, None
+        part = flight.due
+        call: _Call = self.model_thread.result()
+        self._count_call(part, call)
+        strides = self._strides(part)
+        if len(strides) != 1:  # rows at different strides share the block buffers: one by one
+            for p, hop in part:
+                p.scheduler.done(hop)
+            worst_ms, now = self._post_and_publish(part, call.out, call.logits)
+            self._end_hop(part, flight.hop_start, now, worst_ms, call.seconds)
+            return
+        # This hop's frames and audio are copied out of the model's and the history's buffers
+        # before anything moves them on.
+        stride, rows = next(iter(strides.items()))
+        block = self._block(part, call.out, call.logits, rows, stride)
+        for p, hop in part:
+            p.scheduler.done(hop)
+        nxt: list[tuple[Performer, Hop]] = []
+        if more:
+            self.control.apply()  # between hops: the landed one is done, the next not planned
+            landed = {p.group for p, _hop in part}
+            for i, g in enumerate(self.groups):
+                # A turn for every other group (a lost one's frames at rest, a loss noticed);
+                # the landed performers only when their next audio is in: a loss noticed now
+                # would ease them to rest from before the frames about to be sent.
+                if i not in landed or self._missing(g) <= 0:
+                    self._plan_group(g, nxt)
+        if nxt and len(nxt) <= self.runner.max_batch:
+            if block.logits is not None:  # the next call writes its logits where these are
+                block.logits = self._hold_logits(block.logits)
+            self._launch(nxt)
+            nxt = []
+        worst_ms, now = self.publisher.block(block)
+        self._end_hop(part, flight.hop_start, now, worst_ms, call.seconds)
+        if nxt:  # more rows than one call takes: run them here
+            self._run_batch(nxt)
+            for p, hop in nxt:
+                p.scheduler.done(hop)
+
+    def _hold_logits(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of ``logits`` in a buffer of the engine's own (grown once, then reused)."""
+        if self._held_logits.size < logits.size:
+            self._held_logits = np.zeros(logits.size, np.float32)
+        held = self._held_logits[: logits.size].reshape(logits.shape)
+        np.copyto(held, logits)
+        return held
+
+    # ---- the model call -------------------------------------------------------------------
+    def _inputs(self, part: list[tuple[Performer, Hop]]) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                                  np.ndarray | None]:  # fmt: skip
+        """What ``part``'s model call reads: the new samples (when the windows on the device
+        can move on) or the whole windows, and the identities (None: the configured one)."""
+        batch, runner = self.batch, self.runner
         identities = batch.identities_for(part) if self._identities else None
         # Moving the windows on the device pays off for big batches (16 MB not copied at 256
         # rows); for a few rows the extra small graph run costs more than their upload, and
@@ -638,13 +762,28 @@ class Bridge:
         if new is not None and not runner.can_advance(len(part)):
             new = None
         windows = batch.gather_windows(part) if new is None else None
+        return new, windows, identities
+
+    def _call(self, new: np.ndarray | None, windows: np.ndarray | None, identities: np.ndarray | None,
+              elsewhere: bool = False) -> _Call:  # fmt: skip
+        """One model call (in the hop thread, or ``elsewhere``: the model thread): blendshapes
+        ``[B, F, 52]``, CTC logits ``[B, T, V]`` or None, and its wall and CPU time."""
+        runner = self.runner
         t0, c0 = time.perf_counter(), time.thread_time()
         if windows is None:  # the windows kept on the device move on: only the new samples cross
+            assert new is not None
             out = runner.advance_batch(new, identities)
         else:
             out = runner.infer_batch(windows, identities)
-        dt = time.perf_counter() - t0
-        stats.inference_cpu_s += time.thread_time() - c0
+        dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        return _Call(out, runner.last_asr_logits, dt, cpu, elsewhere)
+
+    def _count_call(self, part: list[tuple[Performer, Hop]], call: _Call) -> None:
+        """A call's time into the stats (in the hop thread)."""
+        stats, dt = self.stats, call.seconds
+        stats.inference_cpu_s += call.cpu_seconds
+        if call.elsewhere:  # the hop loop's work, done on the model thread
+            stats.busy_cpu_s += call.cpu_seconds
         stats.inference.add(dt * 1000.0)
         stats.inference_s += dt
         stats.inferences += 1
@@ -652,29 +791,36 @@ class Bridge:
         self.batch_rows += len(part)
         self.batch_max = max(self.batch_max, len(part))
         self._est_inference_s = dt if stats.inferences == 1 else 0.9 * self._est_inference_s + 0.1 * dt
-        return dt, self.runner.last_asr_logits, out
+
+    def _strides(self, part: list[tuple[Performer, Hop]]) -> dict[int, list[int]]:
+        """``part``'s rows by stride (a run's rows share one hop, so one stride)."""
+        strides: dict[int, list[int]] = {}
+        for i, j in self.batch.runs(part):
+            strides.setdefault(part[i][1].stride, []).extend(range(i, j))
+        return strides
+
+    def _block(self, part: list[tuple[Performer, Hop]], out: np.ndarray, logits: np.ndarray | None,
+               rows: list[int], stride: int) -> FaceBlock:  # fmt: skip
+        """Rows ``rows`` of ``part`` (all at ``stride``) as the publisher's block."""
+        frames = out.shape[1]
+        _first, hop0 = part[rows[0]]
+        lo = frames - 1 - (hop0.window_last_frame - hop0.first)
+        values, ctx = self.batch.block(out, rows, part, lo, stride)
+        sel = None
+        if logits is not None:
+            first, count = rows[0], len(rows)
+            # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
+            sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
+        hops = part if len(rows) == len(part) else [part[b] for b in rows]
+        return FaceBlock(hops, values, ctx, sel, frames, lo, self.runner.window_samples)
 
     def _post_and_publish(self, part: list[tuple[Performer, Hop]], out: np.ndarray,
                           logits: np.ndarray | None) -> tuple[float, float]:  # fmt: skip
         """``part``'s published frames as one block per stride, each post-processed and sent
         by the publisher; return the worst latency (ms) and the time of the last send."""
-        frames = out.shape[1]
-        strides: dict[int, list[int]] = {}
-        for i, j in self.batch.runs(part):  # a run's rows share one hop, so one stride
-            strides.setdefault(part[i][1].stride, []).extend(range(i, j))
         worst_ms, now = 0.0, time.monotonic()
-        for stride, rows in strides.items():
-            _first, hop0 = part[rows[0]]
-            lo = frames - 1 - (hop0.window_last_frame - hop0.first)
-            values, ctx = self.batch.block(out, rows, part, lo, stride)
-            sel = None
-            if logits is not None:
-                first, count = rows[0], len(rows)
-                # the rows' logits [R, T, V]: a view when they are consecutive (the usual case)
-                sel = logits[first : first + count] if rows[-1] - first + 1 == count else logits[rows]
-            hops = part if len(rows) == len(part) else [part[b] for b in rows]
-            block = FaceBlock(hops, values, ctx, sel, frames, lo, self.runner.window_samples)
-            w, now = self.publisher.block(block)
+        for stride, rows in self._strides(part).items():
+            w, now = self.publisher.block(self._block(part, out, logits, rows, stride))
             worst_ms = max(worst_ms, w)
         return worst_ms, now
 
@@ -746,6 +892,9 @@ class Bridge:
         return doc
 
     def close(self) -> None:
+        model_thread = getattr(self, "model_thread", None)
+        if model_thread is not None:
+            model_thread.close()
         publisher = getattr(self, "publisher", None)
         if publisher is not None:
             publisher.sender.close()

@@ -25,6 +25,7 @@ from bridge.config import parse_config
 from bridge.engine import Bridge, build_source
 from bridge.errors import BridgeError
 from bridge.frame import FaceFrame
+from bridge.model.call_thread import ModelThread
 from bridge.modeltools.synth import oracle_value
 from tests.receivers import LiveLinkReceiver, OscReceiver, ZmqReceiver, wait_connected
 from tests.test_stall import QuietThenBackSource
@@ -62,10 +63,11 @@ def expected(k: int, channel: int, name: str) -> float:
     return oracle_value(level(k, channel), ARKIT_NAMES.index(name), IDENTITIES[channel])
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "sending-thread"])
-def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, threaded: bool) -> None:
-    """Inline, and through the sending thread a GPU model gets (forced here on the CPU):
-    the thread's queue keeps every performer's frames complete and in order."""
+@pytest.mark.parametrize("threads", ["inline", "sending-thread", "model-thread"])
+def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, threads: str) -> None:
+    """Inline, and through the threads a GPU model gets (forced here on the CPU): the sending
+    thread's queue keeps every performer's frames complete and in order; with the model's
+    calls on a thread of their own too, so are they."""
     wav = write_channels(tmp_path / "four.wav")
     ll, osc = LiveLinkReceiver(), OscReceiver()
     cfg = parse_config({
@@ -81,7 +83,10 @@ def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, 
     assert len(bridge.groups) == 1 and bridge.groups[0].source.channels == CHANNELS  # one capture
     assert bridge.groups[0].capture.shared is not None  # the members' histories: rows of one array
     assert not bridge.publisher.sender.threaded  # a CPU model: sends inline unless forced
-    bridge.publisher.sender.threaded = threaded
+    assert bridge.model_thread is None  # and calls the model in the hop loop
+    bridge.publisher.sender.threaded = threads != "inline"
+    if threads == "model-thread":
+        bridge.model_thread = ModelThread()
     switch = sys.getswitchinterval()
     zq = ZmqReceiver(bridge.outputs[2].transport.last_endpoint, "face")
     wait_connected()
@@ -313,3 +318,33 @@ def test_an_error_on_the_sending_thread_ends_the_run_in_the_hop_loop(tmp_path: P
         bridge.close()
         ll.close()
     assert sent and set(sent) == {"a2e-send"}
+
+
+def test_an_error_in_a_model_call_on_the_model_thread_ends_the_run_in_the_hop_loop(tmp_path: Path) -> None:
+    """A model call that fails on the model thread (a stand-in runner method that raises, as a
+    device error would) is raised by ``run`` in the hop loop's thread."""
+    wav = write_channels(tmp_path / "four.wav")
+    cfg = parse_config({
+        "performer": performers(wav),
+        "model": {"preset": "oracle", "providers": ["cpu"], "threads": 1, "fallback": ""},
+        "output": [],
+    }, "four.toml")  # fmt: skip
+    bridge = Bridge(cfg, raw=True)
+    bridge.model_thread = ModelThread()
+    called = []
+    infer = bridge.runner.infer_batch
+
+    def failing(windows: np.ndarray, identities: np.ndarray | None = None) -> np.ndarray:
+        called.append(threading.current_thread().name)
+        if len(called) == 5:
+            raise RuntimeError("CUDA failure 700: an illegal memory access")
+        return infer(windows, identities)
+
+    bridge.runner.infer_batch = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            bridge.run()
+    finally:
+        bridge.close()
+    assert len(called) == 5 and set(called) == {"a2e-model"}
+    assert not any(t.name == "a2e-model" for t in threading.enumerate())  # closed with the bridge

@@ -8,6 +8,8 @@ code as the GPU's IOBinding path, with the shift graph on the CPU provider.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from bridge import engine as engine_module
 from bridge.config import parse_config
 from bridge.engine import Bridge
 from bridge.frame import FaceFrame
+from bridge.model.call_thread import ModelThread
 from bridge.model.description import LAM
 from bridge.model.runner import ModelRunner
 from bridge.modeltools.synth import synthesize
@@ -67,14 +70,17 @@ def _performers(wav: Path, n: int) -> list[dict]:
              "input": {"kind": "file", "file": str(wav), "channel": c}} for c in range(n)]  # fmt: skip
 
 
-@pytest.mark.parametrize("min_rows", [1, 16], ids=["moved-on", "under-the-threshold"])
+@pytest.mark.parametrize(("min_rows", "model_thread"), [(1, False), (16, False), (1, True)],
+                         ids=["moved-on", "under-the-threshold", "moved-on-model-thread"])
 def test_the_engine_moves_windows_on_the_device_and_publishes_the_same_frames(
-    tmp_path: Path, lam: Path, min_rows: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, lam: Path, min_rows: int, model_thread: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four performers in step: after the first hop only new samples go to the model's bound
     input (a batch of 4 does so when the threshold allows it; by default batches under 16
-    rows upload whole windows), and every performer's frames equal those of whole windows,
-    one call each."""
+    rows upload whole windows), and every performer's frames (blendshapes, speech
+    probability, text) equal those of whole windows, one call each.  With the model thread
+    and the sending thread a GPU model gets (forced here): the file is read faster than real
+    time, so every hop's call runs while the last hop's frames are posted and sent."""
     monkeypatch.setattr(engine_module, "ADVANCE_MIN_ROWS", min_rows)
     wav = tmp_path / "four.wav"
     rng = np.random.default_rng(5)
@@ -86,27 +92,47 @@ def test_the_engine_moves_windows_on_the_device_and_publishes_the_same_frames(
         "output": [],
     })), "t.toml")  # fmt: skip
 
-    def run(bound: bool) -> tuple[dict[tuple[int, int], np.ndarray], int]:
-        got: dict[tuple[int, int], np.ndarray] = {}
+    def run(bound: bool) -> tuple[dict[tuple[int, int], tuple[np.ndarray, float | None, str]], int]:
+        got: dict[tuple[int, int], tuple[np.ndarray, float | None, str]] = {}
 
         def on_frame(f: FaceFrame) -> None:
-            got[(f.performer, f.number)] = f.values.copy()
+            got[(f.performer, f.number)] = (f.values.copy(), f.speech_prob, f.text)
 
-        bridge = Bridge(cfg, raw=True, on_frame=on_frame, batched=bound)
+        # (with the model thread, one frame per hop: a late hop's stride would depend on timing)
+        bridge = Bridge(cfg, raw=True, on_frame=on_frame, batched=bound, live_hops=model_thread)
         calls = {"advance": 0}
+        threads: set[str] = set()
+        if bound and model_thread:
+            bridge.model_thread = ModelThread()
+            bridge.publisher.sender.threaded = True
+            hold = bridge._hold_logits
+
+            def held(logits: np.ndarray) -> np.ndarray:  # a call went out before these were used
+                calls["overlapped"] = calls.get("overlapped", 0) + 1
+                return hold(logits)
+
+            bridge._hold_logits = held  # type: ignore[method-assign]
         if bound:  # the GPU's bound path, on the CPU
             runner = bridge.runner = _runner(lam, max_batch=4, bind_device="cpu")
             advance = runner.advance_batch
 
             def counted(new: np.ndarray, identities: np.ndarray | None = None) -> np.ndarray:
                 calls["advance"] += 1
-                return advance(new, identities)
+                threads.add(threading.current_thread().name)
+                out = advance(new, identities)  # (its outputs overwrite the last call's at once)
+                if model_thread:  # a call as slow as a GPU's at 256 performers: the loop falls behind
+                    time.sleep(0.03)
+                return out
 
             runner.advance_batch = counted  # type: ignore[method-assign]
         try:
             bridge.run()
         finally:
             bridge.close()
+        if bound and model_thread:
+            assert calls.get("overlapped", 0) >= 10
+        if calls["advance"]:
+            assert threads == ({"a2e-model"} if model_thread else {threading.current_thread().name})
         return got, calls["advance"]
 
     shifted, advances = run(True)
@@ -116,8 +142,11 @@ def test_the_engine_moves_windows_on_the_device_and_publishes_the_same_frames(
         assert advances >= 10  # the file is read fast: several frames per hop, still one continuing run
     else:
         assert advances == 0
-    for key, values in shifted.items():
-        np.testing.assert_allclose(values, alone[key], rtol=1e-4, atol=2e-5, err_msg=str(key))
+    for key, (values, prob, text) in shifted.items():
+        np.testing.assert_allclose(values, alone[key][0], rtol=1e-4, atol=2e-5, err_msg=str(key))
+        assert prob is not None and prob == pytest.approx(alone[key][1], abs=1e-5)
+        assert text == alone[key][2]
+    assert len({prob for _v, prob, _t in shifted.values()}) > 10  # the CTC head really speaks
 
 
 def test_the_output_fetch_copies_bound_outputs_into_the_same_host_arrays() -> None:
