@@ -388,6 +388,11 @@ class Bridge:
         stats = self.stats
         self._next_status = time.monotonic() + STATUS_EVERY_S
         try:
+            if self.model_thread is not None:
+                # ONNX Runtime keeps its CUDA graphs per calling thread: capture them again on
+                # the thread that makes the calls, or its first hops pay for it (0.5 s at 256).
+                self.model_thread.start(self.runner.warmup)
+                self.model_thread.result()
             for g in self.groups:
                 g.source.start()
                 g.watch.start(time.monotonic())

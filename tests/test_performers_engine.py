@@ -35,6 +35,11 @@ FRAMES = 60  # 2 s
 CHANNELS = 4
 IDENTITIES = (0, 3, 5, 7)
 JAW = ARKIT_NAMES.index("jawOpen")
+#: A frame inside a hop of several (a loaded machine's loop fell behind) can take one sample
+#: of its neighbour (the oracle's frame grid starts at the window's first sample, the
+#: stream's at sample 0): at most a level step of 0.34 over 533 samples, 6.4e-4.  Still
+#: far below what tells frames and channels apart (>= 0.07) and identities (>= 2/1024).
+ABS = 7e-4
 
 
 def level(k: int, channel: int) -> float:
@@ -110,8 +115,8 @@ def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, 
         mine = [p for p in ll.packets if p["subject"] == f"S{c}"]
         assert [p["frame"] for p in mine] == list(range(FRAMES))
         for p in mine:
-            assert p["values"][jaw] == pytest.approx(expected(p["frame"], c, "jawOpen"), abs=2e-4)
-            assert p["values"][blink] == pytest.approx(expected(p["frame"], c, "eyeBlinkRight"), abs=2e-4)
+            assert p["values"][jaw] == pytest.approx(expected(p["frame"], c, "jawOpen"), abs=ABS)
+            assert p["values"][blink] == pytest.approx(expected(p["frame"], c, "eyeBlinkRight"), abs=ABS)
     assert len(ll.packets) == CHANNELS * FRAMES
 
     # OSC: /arkit/<subject>/<Name>, then /arkit/<subject>/frame closes each bundle.
@@ -130,7 +135,7 @@ def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, 
         assert order[f"S{c}"] == list(range(FRAMES))
         for k, values in frames[f"S{c}"].items():
             for lower, epic in ((ARKIT_NAMES[JAW], EPIC_NAMES[JAW]), ("mouthSmileLeft", "MouthSmileLeft")):
-                assert values[epic] == pytest.approx(expected(k, c, lower), abs=2e-4)
+                assert values[epic] == pytest.approx(expected(k, c, lower), abs=ABS)
 
     # ZeroMQ: the subject in every message; each subject's frames complete and its own.
     docs = zq.json()
@@ -139,7 +144,7 @@ def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, 
         mine = [d for d in docs if d["subject"] == f"S{c}"]
         assert [d["frame"] for d in mine] == list(range(FRAMES))
         for d in mine:
-            assert d["values"][JAW] == pytest.approx(expected(d["frame"], c, "jawOpen"), abs=2e-4)
+            assert d["values"][JAW] == pytest.approx(expected(d["frame"], c, "jawOpen"), abs=ABS)
 
 
 def run_frames(cfg_dict: dict, batched: bool) -> dict[tuple[int, int], np.ndarray]:
@@ -241,7 +246,7 @@ def test_one_performer_losing_its_input_does_not_disturb_the_other(
     # b: every frame from 0, in order, its own level and identity, never at rest, in time
     assert [n for n, _, _ in b] == list(range(len(b))) and len(b) >= seconds * 30 - 10
     for n, latency, jaw in b:
-        assert jaw == pytest.approx(oracle_value(level(n, 1), JAW, 3), abs=2e-4)
+        assert jaw == pytest.approx(oracle_value(level(n, 1), JAW, 3), abs=ABS)
         assert latency < 0.25
     assert stats["performers"]["b"]["frames_dropped"] == 0
 
