@@ -3,7 +3,9 @@
 ``Bridge`` only connects stages and runs the hop loop; each stage lives in its
 own module.  The hop loop runs in the caller's thread; each source fills its
 ring from its own thread; with several performers and a model on a GPU the sends
-run on a thread of their own (:mod:`bridge.sender`).
+(:mod:`bridge.sender`) and the model calls (:mod:`bridge.model.call_thread`) run on
+threads of their own: when the loop is behind, the next hop's call runs while the
+last hop's frames are posted and sent.
 
 Several performers (``[[performer]]``): each has its own stream, scheduler, speech
 track, rest pose and frame numbering (:class:`~bridge.streams.performer.Performer`);

@@ -150,7 +150,7 @@ class SharedHistories:
             start = end - kept
             # Row by row: as one 2-D assignment the rows' spans interleave in memory, so numpy
             # copies through a temporary (16 MB at 256 one-second windows, fresh pages every
-            # slide): 9 ms instead of 1.5, once every ten seconds, all in the hop loop.
+            # slide): up to 9 ms instead of 1.5-2, every ~10 s, all in the hop loop.
             buf = self.buf
             for row in range(buf.shape[0]):
                 buf[row, :kept] = buf[row, start:end]

@@ -7,6 +7,10 @@ ONNX Runtime releases the interpreter lock for the whole device call, so the two
 overlap; the loop's time per hop is then the model's, not the model's plus its own
 work, and a hop that started late is caught up in a few hops rather than many.
 
+ONNX Runtime keeps its CUDA graphs per calling thread: the engine runs the runner's
+warm-up on this thread before the first hop (a model switched in mid-run captures its
+graphs on its first calls here instead).
+
 Contract: at most one call is out at a time (:meth:`ModelThread.start`, then
 :meth:`ModelThread.result`); while it is out, nothing else touches the runner or the
 buffers the call reads.  An exception in the call is raised by :meth:`result`.
