@@ -433,6 +433,7 @@ class Bridge:
         stats.extra.update(self.sync.counters())
         if len(self.performers) > 1:
             stats.extra.update(self.publisher.sender.counters())
+            stats.extra["model_thread"] = self.model_thread is not None
             stats.extra["hop_phases_ms"] = {k: h.summary() for k, h in stats.phases.items()}
             stats.extra["batch"] = self.batch_summary()
             # frames per window (a batch's windows each publish their own frames)

@@ -39,7 +39,8 @@ print(f"{d['provider']:>22} N={d['streams']:>4} window {d['window_s']} s: publis
       f" stride {d['stride']}, overhead {d['overhead_ms_per_frame']} ms/performer-frame,"
       f" cpu {d['cpu_percent']} %, livelink lost {d['livelink_receiver']['not_received']},"
       f" sends p50 {d['send_ms']['p50']} p99 {d['send_ms']['p99']} ms per batch"
-      f" ({'thread' if d['send_thread'] else 'inline'}, {d['send_waits']} waits); phases p50/p99 ms:"
+      f" ({'thread' if d['send_thread'] else 'inline'}, {d['send_waits']} waits), model calls"
+      f" {'on their thread' if d.get('model_thread') else 'inline'}; phases p50/p99 ms:"
       + ", ".join(f" {k} {v['p50']}/{v['p99']}" for k, v in d['hop_phases_ms'].items()))
 PY
 done

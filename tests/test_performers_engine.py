@@ -105,6 +105,7 @@ def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, 
 
     assert stats["frames_published"] == CHANNELS * FRAMES == stats["frames_expected"]
     assert stats["frames_dropped"] == 0
+    assert stats["send_thread"] == (threads != "inline") and stats["model_thread"] == (threads == "model-thread")
     assert stats["batch"]["max"] == CHANNELS and stats["batch"]["mean"] == CHANNELS  # one call per hop
     assert {p: d["frames_published"] for p, d in stats["performers"].items()} == {
         f"p{c}": FRAMES for c in range(CHANNELS)}  # fmt: skip
