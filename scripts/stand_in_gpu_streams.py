@@ -3,9 +3,10 @@
     python3 scripts/stand_in_gpu_streams.py --streams 256 --model-ms 22 --window 0.5 --seconds 20
 
 The model call is replaced by a sleep of ``--model-ms`` that, like ONNX Runtime's GPU call,
-leaves the interpreter lock and the CPU free, and the sends run on their own thread as they
-do with a GPU model.  Everything else (capture, histories, plans, post, encoders, sends,
-receivers) is the real pipeline.  A diagnostic for the hop loop's own stalls: it prints the
+leaves the interpreter lock and the CPU free, and the sends and the model calls run on
+threads of their own as they do with a GPU model (``--inline``: both in the hop thread).
+Everything else (capture, histories, plans, post, encoders, sends, receivers) is the real
+pipeline.  A diagnostic for the hop loop's own stalls: it prints the
 bench's latency, the hop phases and the moments a hop started late (``wake`` over 10 ms).
 Not a GPU figure: those come from ``scripts/gpu_streams.sh`` on the GPU machine.
 """
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--model-ms", type=float, default=22.0)
     ap.add_argument("--window", type=float, default=0.5)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--inline", action="store_true", help="sends in the hop thread")
+    ap.add_argument("--inline", action="store_true", help="sends and model calls in the hop thread")
     a = ap.parse_args()
     late: list[tuple[float, float]] = []
     plain_init = stats_module.RunStats.__init__

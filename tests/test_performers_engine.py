@@ -105,7 +105,8 @@ def test_four_channels_to_four_subjects_on_livelink_osc_and_zmq(tmp_path: Path, 
 
     assert stats["frames_published"] == CHANNELS * FRAMES == stats["frames_expected"]
     assert stats["frames_dropped"] == 0
-    assert stats["send_thread"] == (threads != "inline") and stats["model_thread"] == (threads == "model-thread")
+    assert stats["send_thread"] == (threads != "inline")
+    assert stats["model_thread"] == (threads == "model-thread")
     assert stats["batch"]["max"] == CHANNELS and stats["batch"]["mean"] == CHANNELS  # one call per hop
     assert {p: d["frames_published"] for p, d in stats["performers"].items()} == {
         f"p{c}": FRAMES for c in range(CHANNELS)}  # fmt: skip
@@ -354,3 +355,49 @@ def test_an_error_in_a_model_call_on_the_model_thread_ends_the_run_in_the_hop_lo
         bridge.close()
     assert len(called) == 5 and set(called) == {"a2e-model"}
     assert not any(t.name == "a2e-model" for t in threading.enumerate())  # closed with the bridge
+
+
+def test_a_run_stopped_with_a_model_call_out_still_sends_that_calls_frames(tmp_path: Path) -> None:
+    """``stop`` set while a call is out on the model thread (here right after the tenth call
+    went out): the run collects it and sends its frames before returning; every call's frames
+    reach the outputs, none is left behind."""
+    wav = write_channels(tmp_path / "four.wav", frames=300)
+    ll = LiveLinkReceiver()
+    cfg = parse_config({
+        "performer": [dict(p, input=dict(p["input"], realtime=True)) for p in performers(wav)],
+        "model": {"preset": "oracle", "providers": ["cpu"], "threads": 1, "fallback": ""},
+        "output": [{"kind": "livelink", "port": ll.port}],
+    }, "four.toml")  # fmt: skip
+    bridge = Bridge(cfg, raw=True, live_hops=True)  # one frame per call
+    bridge.model_thread = ModelThread()
+    calls = []
+    infer = bridge.runner.infer_batch
+
+    def slow(windows: np.ndarray, identities: np.ndarray | None = None) -> np.ndarray:
+        out = infer(windows, identities)
+        if windows.any():  # (the warm-up's calls are silence)
+            calls.append(windows.shape[0])
+        time.sleep(0.02)  # still out when the loop looks at ``stop``
+        return out
+
+    bridge.runner.infer_batch = slow  # type: ignore[method-assign]
+    stop = threading.Event()
+    launch = bridge._launch
+    launched = []
+
+    def launch_then_stop(due: list) -> None:
+        launch(due)
+        launched.append(len(due))
+        if len(launched) == 10:
+            stop.set()
+
+    bridge._launch = launch_then_stop  # type: ignore[method-assign]
+    try:
+        stats = bridge.run(stop).as_dict()
+    finally:
+        bridge.close()
+    ll.close()
+    assert launched == [CHANNELS] * 10 and calls == [CHANNELS] * 10
+    assert stats["frames_published"] == CHANNELS * 10
+    for c in range(CHANNELS):
+        assert [p["frame"] for p in ll.packets if p["subject"] == f"S{c}"] == list(range(10))
