@@ -395,6 +395,7 @@ class Bridge:
                 # the thread that makes the calls, or its first hops pay for it (0.5 s at 256).
                 self.model_thread.start(self.runner.warmup)
                 self.model_thread.result()
+            self.publisher.prepare(speech=self.runner.description.asr_output is not None)
             for g in self.groups:
                 g.source.start()
                 g.watch.start(time.monotonic())

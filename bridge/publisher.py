@@ -78,6 +78,17 @@ class FramePublisher:
         self.sender = FrameSender(outputs, stats, sync, on_frame, threaded=threaded)
         self._every = np.arange(len(performers), dtype=np.intp)  #: a block of every performer, in order
 
+    def prepare(self, speech: bool) -> None:
+        """Before the first hop: the outputs build what a block of every performer needs
+        (``speech``: the model gives a speech probability), so that hop pays for none of it."""
+        rows = len(self.performers)
+        values = np.zeros((rows, 1, NUM_BLENDSHAPES), np.float32)
+        head = np.zeros((rows, 1, len(HEAD_EYE_NAMES)), np.float32)
+        prob = np.zeros((rows, 1), np.float32) if speech else None
+        batch = FrameBatch(self._every, np.zeros(rows, np.int64), values, head, np.zeros((rows, 1)),
+                           self._subjects, prob, [""] * rows if speech else None)  # fmt: skip
+        self.sender.prepare(batch)
+
     # ---- a block of frames ----------------------------------------------------------
     def block(self, b: FaceBlock) -> tuple[float, float]:
         """Post-process and send one block; return its worst latency (ms) and its last send's time."""

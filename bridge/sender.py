@@ -135,6 +135,11 @@ class FrameSender:
             self.waits += 1
             self._queue.put(held)
 
+    def prepare(self, batch: FrameBatch) -> None:
+        """Have every output build what batches like ``batch`` need; nothing is sent."""
+        for output in self.outputs:
+            output.prepare_batch(batch)
+
     def flush(self) -> None:
         """Wait until every queued batch is sent (the run ends; the stats are to be read)."""
         if self._thread is not None:

@@ -100,10 +100,13 @@ def udp_pair(cfg: dict, performers: list[tuple[int, str | None]]):
 
 
 def compare_udp(cfg: dict, performers: list[tuple[int, str | None]], batches: list[FrameBatch],
-                expect: int) -> list[bytes]:  # fmt: skip
+                expect: int, prepare: FrameBatch | None = None) -> list[bytes]:  # fmt: skip
     fast, fast_rx, slow, slow_rx = udp_pair(cfg, performers)
     segments = fast.transport._segments  # type: ignore[attr-defined]
     try:
+        if prepare is not None:  # built before the first hop; sends nothing (take() counts)
+            fast.prepare_batch(prepare)
+            assert fast.batch_sender.encoder.table is not None  # type: ignore[union-attr]
         for b in batches:
             fast.publish_batch(b)
             reference(slow, b)
@@ -242,15 +245,20 @@ def zmq_pair(cfg: dict, performers: list[tuple[int, str | None]]):
 
 
 def compare_zmq(cfg: dict, performers: list[tuple[int, str | None]], batches: list[FrameBatch],
-                expect: int) -> list[bytes]:  # fmt: skip
+                expect: int, prepare: FrameBatch | None = None) -> list[bytes]:  # fmt: skip
     fast, slow, (fast_sub, slow_sub) = zmq_pair(cfg, performers)
     try:
+        if prepare is not None:
+            fast.prepare_batch(prepare)
         for b in batches:
             fast.publish_batch(b)
             reference(slow, b)
         got = [fast_sub.recv() for _ in range(expect)]
         want = [slow_sub.recv() for _ in range(expect)]
         assert got == want
+        fast_sub.setsockopt(zmq.RCVTIMEO, 100)
+        with pytest.raises(zmq.Again):  # nothing more: a prepared output sent nothing of its own
+            fast_sub.recv()
         assert fast.stats() == slow.stats() == {"sent": expect, "dropped": 0}
         return got
     finally:
@@ -279,6 +287,22 @@ def test_zmq_json_not_live_and_restricted() -> None:
     got = compare_zmq({}, [(2, odd), (3, "P3")], [b], 4)
     assert [json.loads(m.split(b" ", 1)[1])["subject"] for m in got] == [odd, "P3"] * 2
     assert json.loads(got[0].split(b" ", 1)[1])["latency_ms"] is None
+
+
+@pytest.mark.parametrize("cfg", [{"kind": "livelink"}, {"kind": "osc", "scheme": "arkit"}],
+                         ids=["livelink", "osc"])
+def test_a_prepared_udp_output_sends_nothing_then_the_same_bytes(cfg: dict) -> None:
+    """``prepare_batch`` (the engine's, before the first hop) builds the packet table from a
+    batch of every performer and sends nothing; what follows is byte for byte what an
+    unprepared output sends."""
+    blank = make_batch(4, 1, seed=9)
+    compare_udp(cfg, served([0, 1, 2, 3]), [make_batch(4, 1), make_batch(4, 2, seed=1)], 12, prepare=blank)
+
+
+def test_a_prepared_zmq_output_sends_nothing_then_the_same_messages() -> None:
+    blank = make_batch(3, 1, seed=9)
+    compare_zmq({}, served([0, 1, 2]), [make_batch(3, 1), make_batch(3, 2, speech=False, seed=1)], 9,
+                prepare=blank)
 
 
 def test_zmq_livelink_matches_frames() -> None:

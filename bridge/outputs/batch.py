@@ -294,6 +294,9 @@ class TableSender:
         self.encoder = encoder
         self._send = send
 
+    def prepare(self, batch: FrameBatch) -> None:
+        self.encoder.encode(batch)
+
     def publish(self, batch: FrameBatch) -> bool:
         sel = self.encoder.encode(batch)
         if sel is None:
@@ -310,6 +313,9 @@ class ZmqJsonSender:
     def __init__(self, encoder: ZmqJsonBatchEncoder, transport: ZmqPubTransport) -> None:
         self.encoder = encoder
         self.transport = transport
+
+    def prepare(self, batch: FrameBatch) -> None:
+        self.encoder.messages(batch)
 
     def publish(self, batch: FrameBatch) -> bool:
         messages = self.encoder.messages(batch)
