@@ -730,7 +730,7 @@ class Bridge:
         nxt: list[tuple[Performer, Hop]] = []
         if more:
             self.control.apply()  # between hops: the landed one is done, the next not planned
-            landed = {p.group for p, _hop in part}
+            landed = {part[i][0].group for i, _j in self.batch.runs(part)}  # a run is one group's
             for i, g in enumerate(self.groups):
                 # A turn for every other group (a lost one's frames at rest, a loss noticed);
                 # the landed performers only when their next audio is in: a loss noticed now

@@ -475,9 +475,8 @@ class Output:
         any ``f + 1``), else frame by frame here."""
         if not self.enabled:
             return
-        sender = self.batch_sender
-        big = batch.values.shape[0] * batch.stride >= BATCH_MIN_FRAMES
-        if sender is not None and big and sender.publish(batch):
+        sender = self._batch_path(batch)
+        if sender is not None and sender.publish(batch):
             return
         publish, served = self.publish, self._served
         rows = batch.performers.tolist()
@@ -489,9 +488,16 @@ class Output:
     def prepare_batch(self, batch: FrameBatch) -> None:
         """Build what :meth:`publish_batch` needs for batches like ``batch``, sending nothing
         (before the first hop: at 256 performers its first batch built tables for ~20 ms)."""
-        big = batch.values.shape[0] * batch.stride >= BATCH_MIN_FRAMES
-        if self.enabled and self.batch_sender is not None and big:
-            self.batch_sender.prepare(batch)
+        sender = self._batch_path(batch)
+        if self.enabled and sender is not None:
+            sender.prepare(batch)
+
+    def _batch_path(self, batch: FrameBatch) -> BatchSender | None:
+        """The batch sender for ``batch``, or None: frame by frame (no batch path for this kind,
+        or a batch too small for the batch path's fixed cost to pay off)."""
+        if batch.values.shape[0] * batch.stride < BATCH_MIN_FRAMES:
+            return None
+        return self.batch_sender
 
     def close(self) -> None:
         self.transport.close()
